@@ -1,0 +1,90 @@
+"""LLaVA on LLaMA / Vicuna (upstream names: LlavaConfig, LlavaLlamaModel, LlavaLlamaForCausalLM)."""
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+
+
+class LlavaConfig(LlamaConfig):
+    model_type = "llava_llama"
+
+
+class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
+    config_class = LlavaConfig
+
+
+def positions_from_mask(attention_mask, seq_len):
+    """Position ids that skip left padding: [B, seq_len] for the last seq_len columns of the mask."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(attention_mask == 0, 1)
+    return positions[:, -seq_len:]
+
+
+class LlavaCausalLMMixin(LlavaMetaForCausalLM):
+    """forward/generate shared by the LLaMA and Mistral variants."""
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        images=None,
+        image_sizes=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        if inputs_embeds is None and images is not None:
+            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
+                self.prepare_inputs_labels_for_multimodal(
+                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
+                )
+            )
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            seq_len = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+            position_ids = positions_from_mask(attention_mask, seq_len)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+        """Upstream contract: returns only the newly generated token ids (the prompt goes in as embeddings)."""
+        kwargs.pop("position_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("`inputs_embeds` is not supported")
+        if images is not None:
+            (_, _, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
+                inputs, None, attention_mask, None, None, images, image_sizes=image_sizes
+            )
+        else:
+            inputs_embeds = self.get_model().embed_tokens(inputs)
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+
+class LlavaLlamaForCausalLM(LlavaCausalLMMixin, LlamaForCausalLM):
+    config_class = LlavaConfig
+
+    def __init__(self, config):
+        LlamaPreTrainedModel.__init__(self, config)  # not LlamaForCausalLM.__init__: no throw-away LlamaModel
+        self.model = LlavaLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+AutoConfig.register("llava_llama", LlavaConfig)
+AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)

@@ -1,0 +1,144 @@
+"""Chat with a LLaVA model about one image: `python -m llava.serve.cli --model-path ... --image-file ...`.
+
+Upstream's arguments and behaviour (streamed answers, multi-turn, empty line or end of input exits),
+reading from a terminal or from piped stdin. `ChatSession` is the code path the demo uses too.
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.conversation import SeparatorStyle, auto_conv_mode, conv_templates
+from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+from llava.utils import disable_torch_init
+
+
+class ChatSession:
+    """One image, many turns. The whole history is re-encoded each turn, as upstream does."""
+
+    def __init__(self, tokenizer, model, image_processor, image, conv_mode, temperature=0.2, max_new_tokens=512):
+        self.tokenizer, self.model = tokenizer, model
+        self.conv = conv_templates[conv_mode].copy()
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.image_size = image.size
+        images = process_images([image], image_processor, model.config)
+        param = model.get_input_embeddings().weight
+        if isinstance(images, list):
+            self.images = [img.to(param.device, dtype=param.dtype) for img in images]
+        else:
+            self.images = images.to(param.device, dtype=param.dtype)
+        self.image_pending = True
+        self.last_timings = {}
+
+    @property
+    def roles(self):
+        return ("user", "assistant") if self.conv.sep_style == SeparatorStyle.MPT else self.conv.roles
+
+    def ask(self, text, streamer=None):
+        """Add a user turn, generate the answer (streamed to `streamer` if given), return it."""
+        if self.image_pending:
+            image_token = DEFAULT_IMAGE_TOKEN
+            if getattr(self.model.config, "mm_use_im_start_end", False):
+                image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+            text = image_token + "\n" + text
+            self.image_pending = False
+        self.conv.append_message(self.conv.roles[0], text)
+        self.conv.append_message(self.conv.roles[1], None)
+        prompt = self.conv.get_prompt()
+        device = self.model.get_input_embeddings().weight.device
+        input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        input_ids = input_ids.unsqueeze(0).to(device)
+        do_sample = self.temperature > 0
+        sampling = {"temperature": self.temperature} if do_sample else {"temperature": None, "top_p": None}
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output_ids = self.model.generate(
+                input_ids,
+                images=self.images,
+                image_sizes=[self.image_size],
+                do_sample=do_sample,
+                max_new_tokens=self.max_new_tokens,
+                streamer=streamer,
+                use_cache=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        elapsed = time.perf_counter() - start
+        # Stored without special tokens: upstream keeps "</s>" here and the template then adds another.
+        answer = self.tokenizer.decode(output_ids[0], skip_special_tokens=True).strip()
+        self.conv.messages[-1][-1] = answer
+        self.last_timings = {"generate_s": elapsed, "new_tokens": int(output_ids.shape[1]), "prompt": prompt}
+        return answer
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Chat with a LLaVA model about an image.")
+    parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    parser.add_argument("--model-base", type=str, default=None)
+    parser.add_argument("--image-file", type=str, required=True)
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--conv-mode", type=str, default=None)
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument("--vision-tower", type=str, default=None,
+                        help="local folder (or hub id in the HF cache) overriding the config's mm_vision_tower")
+    parser.add_argument("--debug", action="store_true")
+    return parser
+
+
+def read_line(prompt):
+    """input() that also works with piped stdin; None at end of input."""
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+def main(args):
+    disable_torch_init()
+    model_name = get_model_name_from_path(args.model_path)
+    image = load_image(args.image_file)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit,
+        device=args.device, vision_tower=args.vision_tower,
+    )
+    conv_mode = auto_conv_mode(model_name)
+    if args.conv_mode is not None and args.conv_mode != conv_mode:
+        print(f"[WARNING] the auto inferred conversation mode is {conv_mode}, while `--conv-mode` is "
+              f"{args.conv_mode}, using {args.conv_mode}")
+        conv_mode = args.conv_mode
+    if conv_mode not in conv_templates:
+        raise ValueError(f"Unknown --conv-mode {conv_mode!r}; choose from {sorted(conv_templates)}")
+    session = ChatSession(tokenizer, model, image_processor, image, conv_mode, args.temperature, args.max_new_tokens)
+
+    from transformers import TextStreamer
+
+    while True:
+        text = read_line(f"{session.roles[0]}: ")
+        if not text:
+            print("exit...")
+            break
+        print(f"{session.roles[1]}: ", end="", flush=True)
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        answer = session.ask(text, streamer=streamer)
+        if args.debug:
+            print("\n", {"prompt": session.last_timings["prompt"], "outputs": answer}, "\n")
+    return 0
+
+
+def cli(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return main(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
