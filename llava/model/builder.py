@@ -93,8 +93,20 @@ def model_class_for(config):
 
 
 def load_tokenizer(path, use_fast=False):
-    """The LLaMA sentencepiece tokenizer (upstream loads the slow one: use_fast=False)."""
+    """The tokenizer class named in tokenizer_config.json (LlamaTokenizer for every LLaVA release).
+
+    Not AutoTokenizer first: it looks at config.json, and for `model_type: "llava"` transformers maps
+    that to its own Llava entry and returns a generic tokenizer without LLaMA's dummy-prefix rule,
+    which changes the prompt ids.
+    """
+    import transformers
+
+    config_file = os.path.join(path, "tokenizer_config.json")
     try:
+        cls_name = json.load(open(config_file)).get("tokenizer_class", "") if os.path.isfile(config_file) else ""
+        cls = getattr(transformers, cls_name, None) or getattr(transformers, cls_name.removesuffix("Fast"), None)
+        if cls is not None:
+            return cls.from_pretrained(path)
         return AutoTokenizer.from_pretrained(path, use_fast=use_fast)
     except Exception as e:  # a clear message instead of a deep traceback
         raise ValueError(f"Could not load the tokenizer from {path!r}: {e}") from e
