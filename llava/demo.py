@@ -38,12 +38,16 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args(argv)
 
+    from transformers.utils import logging as hf_logging
+
     from llava.conversation import auto_conv_mode
     from llava.mm_utils import get_model_name_from_path, load_image
     from llava.model.builder import load_pretrained_model
     from llava.serve.cli import ChatSession
     from llava.tools.make_tiny_checkpoint import make_checkpoint
 
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     model_dir = os.path.join(args.out, "llava-v1.5-tiny")
     t0 = time.perf_counter()
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
