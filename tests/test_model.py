@@ -223,3 +223,37 @@ def test_vision_tower_from_hf_cache_by_hub_name(tiny_checkpoint, tmp_path, monke
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     _, model, _, _ = load(ckpt)
     assert model.get_vision_tower().is_loaded
+
+
+def test_left_padded_batch_generates_like_single_prompts(v15):
+    """A left-padded batch (config tokenizer_padding_side="left") gives each row's own greedy answer."""
+    _, tokenizer, model, processor, _ = v15
+    images = [sample_image(), sample_image(200, 300, 5)]
+    pixels = process_images(images, processor, model.config)
+    prompts = [prompt_ids(tokenizer, "What is in the image?")[0],
+               prompt_ids(tokenizer, "Describe the picture in a few words, please, and name the colours.")[0]]
+    kw = dict(do_sample=False, max_new_tokens=6, min_new_tokens=6, temperature=None, top_p=None,
+              pad_token_id=tokenizer.pad_token_id)
+    singles = [model.generate(p[None], images=pixels[i : i + 1], image_sizes=[images[i].size], **kw)[0]
+               for i, p in enumerate(prompts)]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((2, width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+    model.config.tokenizer_padding_side = "left"
+    try:
+        batch = model.generate(ids, attention_mask=mask, images=pixels, image_sizes=[im.size for im in images], **kw)
+    finally:
+        model.config.tokenizer_padding_side = "right"
+    assert torch.equal(batch[0], singles[0]) and torch.equal(batch[1], singles[1])
+
+
+def test_text_only_generation(v15):
+    _, tokenizer, model, _, _ = v15
+    ids = tokenizer("USER: hello ASSISTANT:", return_tensors="pt").input_ids
+    out = model.generate(ids, do_sample=False, max_new_tokens=3, min_new_tokens=3, temperature=None, top_p=None,
+                         pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        first = model(input_ids=ids).logits[0, -1].argmax().item()
+    assert out.shape == (1, 3) and out[0, 0].item() == first
