@@ -153,11 +153,16 @@ def load_pretrained_model(
 ):
     """-> (tokenizer, model, image_processor, context_len), as upstream.
 
-    Extra keyword arguments: `vision_tower=<folder or hub id>` overrides the config's mm_vision_tower;
+    Extra keyword arguments: `pruning=PruningConfig(...)` switches visual-token pruning on (default: the
+    settings saved in the checkpoint's config under "pruning", else none; `model.set_pruning` changes it
+    later); `vision_tower=<folder or hub id>` overrides the config's mm_vision_tower;
     `torch_dtype`/`dtype` overrides the default (float16 on CUDA, float32 elsewhere); anything else goes
     to `from_pretrained`.
     """
     vision_tower_override = kwargs.pop("vision_tower", None)
+    pruning = kwargs.pop("pruning", None)
+    if pruning is not None:
+        pruning.validate()  # bad flags fail before any weights are read
     dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
     kwargs = {"device_map": device_map, **kwargs}
     if device != "cuda":
@@ -225,6 +230,7 @@ def load_pretrained_model(
             else:
                 load_projector(model, model_path)
         image_processor = attach_vision(model, tokenizer, device_map, device)
+        model.set_pruning(pruning if pruning is not None else getattr(model.config, "pruning", None))
 
     context_len = getattr(model.config, "max_sequence_length", 2048)
     model.eval()

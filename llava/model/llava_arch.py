@@ -7,11 +7,15 @@ The data path for one image (see DESIGN.md) reads top to bottom in `LlavaMetaFor
     merge_views         LLaVA-1.6 anyres: base view + tiles (+ unpadding and image_newline)
     splice_embeddings   image blocks replace IMAGE_TOKEN_INDEX, labels IGNORE_INDEX, re-pad the batch
 """
+import time
+
 import torch
 import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
+from llava.pruning import PruningConfig, attention_entropy, effective_rank, prune_visual_tokens
+from llava.pruning.methods import METHODS
 
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
@@ -65,48 +69,126 @@ class LlavaMetaForCausalLM:
         features = self.get_model().mm_projector(features)
         return (features, attention) if output_attentions else features
 
-    # ---- step 2: pruning hook -----------------------------------------------------------------------
-    def select_visual_tokens(self, features, attention):
-        """features [V, N, hidden] per view; returns the visual embeddings that enter the LLM.
+    # ---- step 2: pruning -----------------------------------------------------------------------------
+    def set_pruning(self, cfg=None):
+        """Switch visual-token pruning at run time (a PruningConfig, its dict form, or None for off)."""
+        if isinstance(cfg, dict):
+            cfg = PruningConfig.from_dict(cfg)
+        cfg = (cfg or PruningConfig()).validate()
+        if cfg.is_active and METHODS[cfg.method].in_llm:
+            raise ValueError(f"--pruning-method {cfg.method}: pruning inside the language model is not "
+                             f"wired into the decoder yet; use a method that prunes before the LLM")
+        self.pruning = cfg
+        self.pruning_records = []  # per-image statistics when cfg.pruning_stats
+        return self
 
-        The single place where visual-token pruning happens. Without a pruning method it is the
-        identity, which keeps outputs bit-identical to upstream LLaVA.
-        """
-        return features
+    @property
+    def pruning_config(self):
+        return getattr(self, "pruning", None) or PruningConfig()
 
     def _needs_attention(self):
-        return False
+        cfg = self.pruning_config
+        return cfg.needs_attention or cfg.pruning_stats
+
+    def _prunes_visual_tokens(self):
+        cfg = self.pruning_config
+        return cfg.is_active and not METHODS[cfg.method].in_llm
+
+    def select_visual_tokens(self, features, attention):
+        """features [V, N, hidden] (the views of one image, or a batch of single-view images), attention
+        [V, N] or None -> ([V, K, hidden], kept indices [V, K] or None when nothing was pruned).
+
+        The single place where visual-token pruning happens: it calls llava.pruning. Without a pruning
+        method (or with fastv, which prunes inside the decoder), or when K >= N, the features pass
+        through untouched, so outputs are bit-identical to the unpruned model.
+        """
+        if not self._prunes_visual_tokens():
+            return features, None
+        cfg = self.pruning_config
+        start = time.perf_counter()
+        kept, idx = prune_visual_tokens(cfg.method, features, attention, cfg.visual_token_num, **cfg.options())
+        if cfg.pruning_stats:
+            self._record_stats(features, attention, kept, idx, start)
+        return (features, None) if idx.shape[1] == features.shape[1] else (kept, idx)
+
+    def _record_stats(self, features, attention, kept, idx, start):
+        if features.is_cuda:
+            torch.cuda.synchronize(features.device)
+        elapsed = (time.perf_counter() - start) / features.shape[0]
+        for i in range(features.shape[0]):
+            self.pruning_records.append({
+                "erank_all": float(effective_rank(features[i])),
+                "erank_kept": float(effective_rank(kept[i])),
+                "attention_entropy": None if attention is None else float(attention_entropy(attention[i])),
+                "kept_indices": idx[i].tolist(),
+                "pruning_time_s": elapsed,
+            })
 
     # ---- step 3: LLaVA-1.6 views -> one sequence per image ------------------------------------------
-    def merge_views(self, features, image_size):
-        """features [V, N, hidden] (view 0 = base, then tiles in row-major order) -> [T, hidden]."""
+    def _grid(self, image_size):
         config = self.config
-        merge_type = getattr(config, "mm_patch_merge_type", "flat")
+        if getattr(config, "image_aspect_ratio", None) != "anyres":
+            raise NotImplementedError("spatial merge needs image_aspect_ratio='anyres'")
+        return get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints,
+                                           self.get_vision_tower().config.image_size)
+
+    def merge_views(self, features, image_size, newline=None):
+        """features [V, N, C] (view 0 = base, then tiles in row-major order) -> [T, C].
+
+        `newline` is the vector closing each row with spatial_unpad (default: the model's image_newline;
+        the attention row is merged the same way with a zero there)."""
+        merge_type = getattr(self.config, "mm_patch_merge_type", "flat")
         if merge_type == "flat":
             return features.flatten(0, 1)
         if not merge_type.startswith("spatial"):
             raise ValueError(f"Unexpected mm_patch_merge_type: {merge_type!r}")
-        newline = self.get_model().image_newline if "unpad" in merge_type else None
+        if "unpad" in merge_type and newline is None:
+            newline = self.get_model().image_newline
+        elif "unpad" not in merge_type:
+            newline = None
         base = features[0]
         if features.shape[0] == 1:
             return base if newline is None else torch.cat((base, newline[None].to(base)), dim=0)
         side = self.get_vision_tower().num_patches_per_side
         if side * side != base.shape[0]:
             raise ValueError(f"base view has {base.shape[0]} tokens, expected {side}x{side}")
-        if getattr(config, "image_aspect_ratio", None) != "anyres":
-            raise NotImplementedError("spatial merge needs image_aspect_ratio='anyres'")
-        grid_w, grid_h = get_anyres_image_grid_shape(
-            image_size, config.image_grid_pinpoints, self.get_vision_tower().config.image_size
-        )
+        grid_w, grid_h = self._grid(image_size)
         tiles = features[1:].view(grid_h, grid_w, side, side, -1)
         if newline is None:  # plain raster order over the stitched map
             merged = tiles.permute(0, 2, 1, 3, 4).contiguous().flatten(0, 3)
         else:
-            fmap = tiles.permute(4, 0, 2, 1, 3).contiguous().flatten(1, 2).flatten(2, 3)  # [D, H, W]
+            fmap = tiles.permute(4, 0, 2, 1, 3).contiguous().flatten(1, 2).flatten(2, 3)  # [C, H, W]
             fmap = unpad_image(fmap, image_size)
             column = newline[:, None, None].expand(*fmap.shape[:-1], 1).to(fmap)
             merged = torch.cat((fmap, column), dim=-1).flatten(1, 2).transpose(0, 1)
         return torch.cat((base, merged), dim=0)
+
+    def stitch_kept_views(self, kept, idx, image_size):
+        """Per-view pruning: the base view's kept tokens, then every tile's kept tokens in raster order
+        over the stitched grid. No unpadding and no image_newline: with K tokens per view the grid is
+        no longer complete (FasterVLM and VisPruner lay LLaVA-1.6 out the same way)."""
+        if kept.shape[0] == 1:
+            return kept[0]
+        side = self.get_vision_tower().num_patches_per_side
+        grid_w, _ = self._grid(image_size)
+        tile = torch.arange(kept.shape[0] - 1, device=idx.device)[:, None]
+        row = (tile // grid_w) * side + idx[1:] // side
+        col = (tile % grid_w) * side + idx[1:] % side
+        order = (row * grid_w * side + col).flatten().argsort()
+        return torch.cat((kept[0], kept[1:].flatten(0, 1)[order]), dim=0)
+
+    def image_blocks_anyres(self, features, attention, image_size):
+        """One image's views [V, N, hidden] -> its visual embeddings [T, hidden], pruned per the scope."""
+        if not self._prunes_visual_tokens():
+            return self.merge_views(features, image_size)
+        if self.pruning_config.budget_scope == "global":  # K over the merged sequence (newlines included)
+            merged = self.merge_views(features, image_size)
+            merged_attn = None
+            if attention is not None:
+                merged_attn = self.merge_views(attention[..., None], image_size, attention.new_zeros(1))[None, :, 0]
+            return self.select_visual_tokens(merged[None], merged_attn)[0][0]
+        kept, idx = self.select_visual_tokens(features, attention)
+        return self.merge_views(features, image_size) if idx is None else self.stitch_kept_views(kept, idx, image_size)
 
     def image_embeddings(self, images, image_sizes=None):
         """Pixels of a batch of images -> a list with one [T_i, hidden] block per image."""
@@ -116,16 +198,13 @@ class LlavaMetaForCausalLM:
             counts = [v.shape[0] for v in views]
             encoded = self.encode_images(torch.cat(views, dim=0), output_attentions)
             features, attention = encoded if output_attentions else (encoded, None)
-            blocks = []
-            for i, feats in enumerate(torch.split(features, counts, dim=0)):
-                attn = None if attention is None else torch.split(attention, counts, dim=0)[i]
-                feats = self.select_visual_tokens(feats, attn)
-                size = image_sizes[i] if image_sizes is not None else None
-                blocks.append(self.merge_views(feats, size))
-            return blocks
+            per_image = torch.split(features, counts, dim=0)
+            per_attn = [None] * len(counts) if attention is None else torch.split(attention, counts, dim=0)
+            sizes = image_sizes if image_sizes is not None else [None] * len(counts)
+            return [self.image_blocks_anyres(f, a, size) for f, a, size in zip(per_image, per_attn, sizes)]
         encoded = self.encode_images(images, output_attentions)
         features, attention = encoded if output_attentions else (encoded, None)
-        return list(self.select_visual_tokens(features, attention))
+        return list(self.select_visual_tokens(features, attention)[0])
 
     # ---- step 4: splice image blocks into the token embeddings -------------------------------------
     def prepare_inputs_labels_for_multimodal(

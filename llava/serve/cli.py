@@ -13,6 +13,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import SeparatorStyle, auto_conv_mode, conv_templates
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
+from llava.pruning import PruningConfig, add_pruning_args
 from llava.utils import disable_torch_init
 
 
@@ -88,6 +89,7 @@ def build_parser():
     parser.add_argument("--vision-tower", type=str, default=None,
                         help="local folder (or hub id in the HF cache) overriding the config's mm_vision_tower")
     parser.add_argument("--debug", action="store_true")
+    add_pruning_args(parser)
     return parser
 
 
@@ -101,11 +103,12 @@ def read_line(prompt):
 
 def main(args):
     disable_torch_init()
+    pruning = PruningConfig.from_args(args)
     model_name = get_model_name_from_path(args.model_path)
     image = load_image(args.image_file)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit,
-        device=args.device, vision_tower=args.vision_tower,
+        device=args.device, vision_tower=args.vision_tower, pruning=pruning if pruning.is_active else None,
     )
     conv_mode = auto_conv_mode(model_name)
     if args.conv_mode is not None and args.conv_mode != conv_mode:
