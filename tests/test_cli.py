@@ -55,3 +55,20 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, image_file):
     res = run_cli(["--model-path", str(tmp_path / "missing-llava"), "--image-file", image_file, "--device", "cpu"], "")
     assert res.returncode == 2
     assert "Checkpoint not found" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_pruning_flags_in_the_cli(tiny_checkpoint, image_file):
+    ckpt = tiny_checkpoint("v1.5")
+    res = run_cli(["--model-path", ckpt["model_path"], "--image-file", image_file, "--device", "cpu",
+                   "--temperature", "0", "--max-new-tokens", "3", "--pruning-method", "agile",
+                   "--visual-token-num", "64"], "What is this?\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("ASSISTANT: ") == 1 and res.stdout.rstrip().endswith("exit...")
+
+
+def test_bad_pruning_flag_is_a_clear_error(tiny_checkpoint, image_file):
+    ckpt = tiny_checkpoint("v1.5")
+    res = run_cli(["--model-path", ckpt["model_path"], "--image-file", image_file, "--device", "cpu",
+                   "--pruning-method", "agile", "--visual-token-num", "-4"], "")
+    assert res.returncode == 2 and "--visual-token-num" in res.stderr and "Traceback" not in res.stderr

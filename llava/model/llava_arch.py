@@ -111,6 +111,7 @@ class LlavaMetaForCausalLM:
             self._record_stats(features, attention, kept, idx, start)
         return (features, None) if idx.shape[1] == features.shape[1] else (kept, idx)
 
+    @torch.no_grad()
     def _record_stats(self, features, attention, kept, idx, start):
         if features.is_cuda:
             torch.cuda.synchronize(features.device)
