@@ -188,3 +188,16 @@ def test_bad_options_are_clear_errors(call, match):
     feats, attn = inputs()
     with pytest.raises(ValueError, match=match):
         call(feats, attn)
+
+
+@pytest.mark.parametrize("k", [16, 64, 200])
+def test_vectorised_walk_equals_per_token_walk_on_clustered_tokens(k):
+    from llava.pruning.methods import DEFAULT_OPTIONS, agile_inputs, agile_walk, agile_walk_loop
+
+    g = torch.Generator().manual_seed(k)
+    centres = torch.randn(12, 64, generator=g)
+    feats = (centres[torch.randint(0, 12, (2, N), generator=g)] + 0.15 * torch.randn(2, N, 64, generator=g))
+    attn = torch.rand(2, N, generator=g)
+    _, dist, tau = agile_inputs(feats, attn, **DEFAULT_OPTIONS)
+    fast, slow = agile_walk(dist, tau, k), agile_walk_loop(dist, tau, k)
+    assert torch.equal(fast, slow) and (fast.sum(-1) == k).all()

@@ -177,7 +177,7 @@ def select_vispruner(features, attention, k, **options):
     ratio = _erank_ratio(features, options)
     shares = attention_share(options, ratio, options["important_ratio"])
     order = attention_order(attention)
-    x = features / (features.norm(dim=-1, keepdim=True) + 1e-8)
+    sim = 1.0 - cosine_distance(features)  # all pairs once; each round reads a block of it
     out = []
     for i in range(features.shape[0]):  # rows may split k differently; each is independent
         n_imp = int(torch.floor(shares[i] * k))
@@ -186,7 +186,7 @@ def select_vispruner(features, attention, k, **options):
         while rest.numel() > n_div:
             step = min(8, rest.numel() - n_div)
             a, bb = rest[0::2], rest[1::2]
-            score = (x[i, a] @ x[i, bb].T).amax(dim=-1)
+            score = sim[i, a][:, bb].amax(dim=-1)
             by_dup = torch.sort(score, descending=True, stable=True).indices
             rest = torch.cat([a[by_dup[step:]], bb])
         out.append(torch.cat([important, rest]))
@@ -204,35 +204,76 @@ def select_agile(features, attention, k, **options):
     keep[q] = not any(keep[p] and S[p, q] for p < q), found by iterating a matrix-vector product
     (position p is final after p iterations; in practice a handful of iterations suffice).
     """
-    keep_sorted, order = agile_keep_mask(features, attention, k, **options)
-    return order.gather(1, keep_sorted.nonzero()[:, 1].view(features.shape[0], k))
+    order, dist, tau = agile_inputs(features, attention, **options)
+    keep = agile_walk(dist, tau, k)
+    return order.gather(1, keep.nonzero()[:, 1].view(features.shape[0], k))
 
 
-def agile_thresholds(features, n, **options):
-    """tau for each attention rank 1..n: [B, n]."""
-    ratio = _erank_ratio(features, options)
-    rank = torch.arange(1, n + 1, device=features.device, dtype=torch.float32)
-    return (rank[None] * ratio[:, None] * options["tau_step"]).clamp(max=options["tau_max"])
-
-
-def agile_keep_mask(features, attention, k, **options):
+def agile_inputs(features, attention, **options):
+    """What the walk needs, all in attention order: (order [B, N], cosine distances [B, N, N],
+    thresholds tau [B, N] with tau[p] = min((p + 1) * erank/erank_avg * tau_step, tau_max))."""
     b, n, _ = features.shape
     order = attention_order(attention)
     dist = cosine_distance(features)
     dist = dist.gather(1, order[:, :, None].expand(b, n, n)).gather(2, order[:, None, :].expand(b, n, n))
-    tau = agile_thresholds(features, n, **options)
-    later = torch.ones(n, n, dtype=torch.bool, device=features.device).triu(1)
-    suppress = ((dist < tau[:, :, None]) & later).float()  # [B, p, q]
-    keep = torch.ones(b, n, device=features.device)
-    for _ in range(n):
-        new = ((keep[:, None, :] @ suppress)[:, 0] == 0).float()
-        if torch.equal(new, keep):
+    ratio = _erank_ratio(features, options)
+    rank = torch.arange(1, n + 1, device=features.device, dtype=torch.float32)
+    tau = (rank[None] * ratio[:, None] * options["tau_step"]).clamp(max=options["tau_max"])
+    return order, dist, tau
+
+
+def agile_walk(dist, tau, k):
+    """The greedy walk as a fixed point: keep[q] = not any(keep[p] and dist[p, q] < tau[p], p < q).
+
+    dist [B, N, N] and tau [B, N] in attention order. Returns a bool mask [B, N] (attention order) of
+    exactly k tokens: the first k kept, then backfill by attention if fewer than k survive.
+    keep[q] depends only on earlier positions, so the walk is solved on a prefix of 2k positions
+    first and the prefix doubles only while fewer than k tokens survive in it.
+    """
+    b, n, _ = dist.shape
+    m = min(n, 2 * k)
+    while True:
+        later = torch.ones(m, m, dtype=torch.bool, device=dist.device).triu(1)
+        suppress = ((dist[:, :m, :m] < tau[:, :m, None]) & later).float()  # [B, p, q]: p suppresses q
+        keep = torch.ones(b, 1, m, device=dist.device)
+        for _ in range(m):  # after i rounds the first i positions are final; real inputs settle in a few
+            new = ((keep @ suppress) == 0).float()
+            if torch.equal(new, keep):
+                break
+            keep = new
+        if m == n or bool((keep.sum(dim=-1) >= k).all()):
             break
-        keep = new
-    kept = first_k(keep.bool(), k)
+        m = min(n, 2 * m)
+    kept = torch.zeros(b, n, dtype=torch.bool, device=dist.device)
+    kept[:, :m] = first_k(keep[:, 0].bool(), k)
     missing = k - kept.sum(dim=-1, keepdim=True)  # candidates ran out: backfill in attention order
-    backfill = (~kept) & ((~kept).long().cumsum(dim=-1) <= missing)
-    return kept | backfill, order
+    return kept | ((~kept) & ((~kept).long().cumsum(dim=-1) <= missing))
+
+
+def agile_walk_loop(dist, tau, k):
+    """The same walk as the official code runs it: one token at a time on device tensors, with a
+    host round-trip per step. Inputs/outputs as `agile_walk` (one row). For tests and the benchmark."""
+    b, n, _ = dist.shape
+    out = torch.zeros(b, n, dtype=torch.bool, device=dist.device)
+    for row in range(b):
+        alive = torch.ones(n, dtype=torch.bool, device=dist.device)
+        selected = 0
+        for p in range(n):
+            if not bool(alive[p]):
+                continue
+            if selected == k:
+                break
+            out[row, p] = True
+            selected += 1
+            alive[p] = False
+            alive &= ~(dist[row, p] < tau[row, p])
+        for p in range(n):  # backfill by attention
+            if selected == k:
+                break
+            if not bool(out[row, p]):
+                out[row, p] = True
+                selected += 1
+    return out
 
 
 def agile_reference_loop(features, attention, k, **options):

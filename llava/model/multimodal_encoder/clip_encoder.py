@@ -49,18 +49,31 @@ def load_image_processor(path):
     return processor_cls.from_pretrained(path)
 
 
-def cls_attention_row(attn, hidden):
-    """Head-averaged attention of the CLS query over the patch keys, from one CLIP attention module.
+def cls_attention_row(attn, queries, keys):
+    """Head-averaged attention of the CLS query over the patch keys of one CLIP attention module.
 
-    attn: a CLIPAttention; hidden: [B, 1+N, C], the layer-normed input of that attention.
+    queries, keys: [B, 1+N, C], the outputs of attn.q_proj / attn.k_proj (before any scaling).
     Returns [B, N] float32 (softmax over all 1+N keys, CLS column dropped, not renormalised).
     """
-    b, t, _ = hidden.shape
+    b, t, _ = keys.shape
     h, d = attn.num_heads, attn.head_dim
-    q = attn.q_proj(hidden[:, :1]).view(b, 1, h, d).transpose(1, 2).float()  # [B, H, 1, d]
-    k = attn.k_proj(hidden).view(b, t, h, d).transpose(1, 2).float()  # [B, H, T, d]
+    q = queries[:, :1].reshape(b, 1, h, d).transpose(1, 2).float()  # [B, H, 1, d]
+    k = keys.reshape(b, t, h, d).transpose(1, 2).float()  # [B, H, T, d]
     scores = (q @ k.transpose(-1, -2)).squeeze(2) * attn.scale  # [B, H, T]
     return scores.softmax(dim=-1).mean(dim=1)[:, 1:]
+
+
+def run_capturing_qk(layer, hidden, layer_kwargs):
+    """Run one encoder layer and keep its own q/k projections (so the CLS row costs no extra matmul)."""
+    captured = {}
+    hooks = [layer.self_attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
+             layer.self_attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o))]
+    try:
+        out = layer(hidden, **layer_kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, cls_attention_row(layer.self_attn, captured["q"], captured["k"])
 
 
 class CLIPVisionTower(nn.Module):
@@ -115,8 +128,9 @@ class CLIPVisionTower(nn.Module):
         attention, layer_kwargs = None, self._layer_kwargs(vm.encoder.layers[0])
         for i, layer in enumerate(vm.encoder.layers[:n_run]):
             if output_attentions and i == n_run - 1:
-                attention = cls_attention_row(layer.self_attn, layer.layer_norm1(hidden))
-            out = layer(hidden, **layer_kwargs)
+                out, attention = run_capturing_qk(layer, hidden, layer_kwargs)
+            else:
+                out = layer(hidden, **layer_kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         if self.select_feature == "patch":
             hidden = hidden[:, 1:]
