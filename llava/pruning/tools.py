@@ -1,0 +1,42 @@
+"""What the calibrate and visualize commands share: load a model, turn an image into the pruning inputs."""
+import torch
+
+from llava.mm_utils import expand2square, get_model_name_from_path, load_image, process_images
+
+
+def load_for_tools(args):
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, get_model_name_from_path(args.model_path), device=args.device,
+        vision_tower=getattr(args, "vision_tower", None))
+    return model, processor
+
+
+@torch.no_grad()
+def pruning_inputs(model, processor, image):
+    """(post-projector features [V, N, D], CLS attention [V, N]) of every view of one PIL image."""
+    pixels = process_images([image], processor, model.config)
+    pixels = pixels[0] if isinstance(pixels, list) else pixels
+    views = pixels if pixels.ndim == 4 else pixels[0]
+    views = views.to(model.device, dtype=model.get_input_embeddings().weight.dtype)
+    return model.encode_images(views, output_attentions=True)
+
+
+def model_view(model, processor, image):
+    """The base view as the tower sees it (padded to square for `pad`), resized to the crop size."""
+    side = processor.crop_size["height"]
+    if getattr(model.config, "image_aspect_ratio", None) == "pad":
+        image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
+    return image.resize((side, side))
+
+
+def add_model_args(parser):
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-base", default=None)
+    parser.add_argument("--vision-tower", default=None, help="override the config's mm_vision_tower")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+__all__ = ["add_model_args", "load_for_tools", "load_image", "model_view", "pruning_inputs"]

@@ -1,0 +1,79 @@
+"""Which patches each method keeps: one panel per method, pruned patches dimmed.
+
+    python -m llava.pruning.visualize --model-path PATH --image-file IMG --methods agile,fastervlm,divprune \\
+        --visual-token-num 64 --out panel.png
+
+Panels show the base view as the vision tower sees it (padded to square for LLaVA-1.5); titles give
+the method, K, and the image's erank (all tokens -> kept tokens) and attention entropy.
+"""
+import argparse
+
+from PIL import Image, ImageDraw
+
+from .config import PruningConfig, add_pruning_args
+from .metrics import attention_entropy, effective_rank
+from .select import select_visual_tokens
+from .tools import add_model_args, load_for_tools, load_image, model_view, pruning_inputs
+
+TITLE_HEIGHT = 34
+
+
+def render_panel(view, kept, grid, title, dim=0.25):
+    """view: PIL square image; kept: iterable of patch indices (raster order over grid x grid)."""
+    side = view.size[0]
+    cell = side / grid
+    dark = Image.eval(view, lambda v: int(v * dim))
+    mask = Image.new("L", view.size, 0)
+    draw = ImageDraw.Draw(mask)
+    for i in kept:
+        r, c = divmod(int(i), grid)
+        draw.rectangle((round(c * cell), round(r * cell), round((c + 1) * cell) - 1, round((r + 1) * cell) - 1), fill=255)
+    panel = Image.new("RGB", (side, side + TITLE_HEIGHT), (255, 255, 255))
+    panel.paste(Image.composite(view, dark, mask), (0, TITLE_HEIGHT))
+    text = ImageDraw.Draw(panel)
+    for line, text_line in enumerate(title.split("\n")):
+        text.text((4, 2 + 15 * line), text_line, fill=(0, 0, 0))
+    return panel
+
+
+def main(argv=None):
+    parser = add_model_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--image-file", required=True)
+    parser.add_argument("--methods", default="agile,fastervlm,divprune")
+    parser.add_argument("--out", default="pruning_panel.png")
+    add_pruning_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.visual_token_num is None or args.visual_token_num <= 0:
+            raise ValueError(f"--visual-token-num must be a positive integer, got {args.visual_token_num!r}")
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for m in methods:
+            PruningConfig(method=m, visual_token_num=args.visual_token_num).validate()
+        image = load_image(args.image_file)
+        model, processor = load_for_tools(args)
+        features, attention = pruning_inputs(model, processor, image)
+        options = PruningConfig.from_args(args).options()
+        base, attn = features[:1], attention[:1]
+        grid = model.get_vision_tower().num_patches_per_side
+        view = model_view(model, processor, image)
+        erank_all, entropy = effective_rank(base[0]).item(), attention_entropy(attn[0]).item()
+        panels = []
+        for m in methods:
+            idx = select_visual_tokens(m, base, attn, args.visual_token_num, **options)[0]
+            erank_kept = effective_rank(base[0, idx]).item()
+            title = f"{m}  K={idx.numel()}\nerank {erank_all:.1f}->{erank_kept:.1f}  H={entropy:.2f}"
+            panels.append(render_panel(view, idx.tolist(), grid, title))
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    width = sum(p.size[0] for p in panels) + 8 * (len(panels) - 1)
+    sheet = Image.new("RGB", (width, panels[0].size[1]), (255, 255, 255))
+    x = 0
+    for p in panels:
+        sheet.paste(p, (x, 0))
+        x += p.size[0] + 8
+    sheet.save(args.out)
+    print(f"{len(panels)} panels ({', '.join(methods)}, K={args.visual_token_num}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
