@@ -141,3 +141,26 @@ def test_pruning_passed_at_load_and_saved_in_config(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="visual-token-num"):
         load(ckpt, pruning=PruningConfig(method="agile"))
     assert os.path.isdir(saved)
+
+
+def test_visionzip_feeds_exactly_k_merged_tokens(v15, v16):
+    tokenizer, model, processor = v15
+    image = sample_image(seed=4)
+    pixels = process_images([image], processor, model.config)
+    model.set_pruning(None)
+    ref = logits(model, tokenizer, processor, image)
+    model.set_pruning(PruningConfig(method="visionzip", visual_token_num=576))
+    assert torch.equal(logits(model, tokenizer, processor, image), ref)
+    model.set_pruning(PruningConfig(method="visionzip", visual_token_num=64, pruning_stats=True))
+    block = model.image_embeddings(pixels)[0]
+    assert block.shape[0] == 64  # CLS counts toward K
+    hidden, attn, keys = model.get_vision_tower().forward_for_merging(pixels)
+    torch.testing.assert_close(block[0], model.get_model().mm_projector(hidden[0, 0]), rtol=1e-5, atol=1e-6)  # CLS
+    assert model.pruning_records[-1]["erank_kept"] >= 1
+    _, model16, processor16 = v16
+    wide = sample_image(500, 300)
+    model16.set_pruning(PruningConfig(method="visionzip", visual_token_num=32))
+    assert model16.image_embeddings(process_images([wide], processor16, model16.config), [wide.size])[0].shape[0] == 96
+    model16.set_pruning(PruningConfig(method="visionzip", visual_token_num=32, budget_scope="global"))
+    with pytest.raises(ValueError, match="per-view"):
+        model16.image_embeddings(process_images([wide], processor16, model16.config), [wide.size])

@@ -8,7 +8,7 @@ from llava.pruning import METHODS, agile_reference_loop, attention_entropy, effe
     prune_visual_tokens, select_visual_tokens
 from llava.pruning.methods import cosine_distance
 
-SELECTORS = sorted(m for m, spec in METHODS.items() if not spec.in_llm)
+SELECTORS = sorted(m for m, spec in METHODS.items() if not spec.in_llm and not spec.merges)
 N, D = 576, 96
 
 
@@ -201,3 +201,24 @@ def test_vectorised_walk_equals_per_token_walk_on_clustered_tokens(k):
     _, dist, tau = agile_inputs(feats, attn, **DEFAULT_OPTIONS)
     fast, slow = agile_walk(dist, tau, k), agile_walk_loop(dist, tau, k)
     assert torch.equal(fast, slow) and (fast.sum(-1) == k).all()
+
+
+def test_visionzip_dominant_and_contextual_by_hand():
+    from llava.pruning import visionzip_merge
+
+    # CLS + 8 patches, 2-d states; keys put patches {1,2,3,4} near (1,0) and {5,6,7,8} near (0,1)
+    hidden = torch.arange(9 * 2, dtype=torch.float32).view(1, 9, 2)
+    keys = torch.tensor([[0, 0], [1, 0], [1, .1], [.9, 0], [1, .2], [0, 1], [.1, 1], [0, .9], [.2, 1]])[None].float()
+    attention = torch.tensor([[.1, .9, .2, .3, .4, .5, .6, .8]])  # patch j+1 has attention[j]; top: patches 2, 8
+    out = visionzip_merge(hidden, attention, keys, k=5, dominant=3)  # CLS + 2 dominant, 2 contextual
+    assert out.shape == (1, 5, 2)
+    assert torch.equal(out[0, :3], hidden[0, [0, 2, 8]])  # CLS first, then dominant patches in raster order
+    # the rest in raster order: 1,3,4,5,6,7 -> step 3 -> targets 1 and 5; 3,4 join 1; 6,7 join 5
+    torch.testing.assert_close(out[0, 3], hidden[0, 1] + hidden[0, [3, 4]].mean(0))
+    torch.testing.assert_close(out[0, 4], hidden[0, 5] + hidden[0, [6, 7]].mean(0))
+
+
+def test_visionzip_has_no_index_selection():
+    feats, attn = inputs()
+    with pytest.raises(ValueError, match="merges tokens"):
+        select_visual_tokens("visionzip", feats, attn, 8)

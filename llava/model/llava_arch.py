@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
-from llava.pruning import PruningConfig, attention_entropy, effective_rank, prune_visual_tokens
+from llava.pruning import MERGERS, PruningConfig, attention_entropy, effective_rank, prune_visual_tokens
 from llava.pruning.methods import METHODS
 
 from .multimodal_encoder.builder import build_vision_tower
@@ -88,11 +88,34 @@ class LlavaMetaForCausalLM:
 
     def _needs_attention(self):
         cfg = self.pruning_config
-        return cfg.needs_attention or cfg.pruning_stats
+        return (cfg.needs_attention and not METHODS[cfg.method].merges) or cfg.pruning_stats
 
     def _prunes_visual_tokens(self):
+        """A method that selects among the projected visual tokens is on."""
         cfg = self.pruning_config
-        return cfg.is_active and not METHODS[cfg.method].in_llm
+        return cfg.is_active and not METHODS[cfg.method].in_llm and not METHODS[cfg.method].merges
+
+    def _merges_visual_tokens(self):
+        """A token-merging method is on and has fewer tokens to produce than the tower gives."""
+        cfg = self.pruning_config
+        return cfg.is_active and METHODS[cfg.method].merges and cfg.visual_token_num < self.get_vision_tower().num_patches
+
+    def merge_visual_tokens(self, views):
+        """Token-merging methods (VisionZip): pixels [V, 3, H, W] -> [V, K, hidden]. They merge the
+        tower's select-layer states before the projector, so they are called here instead of
+        `select_visual_tokens`; K counts VisionZip's CLS token."""
+        cfg = self.pruning_config
+        hidden, attention, keys = self.get_vision_tower().forward_for_merging(views)
+        merged = self.get_model().mm_projector(MERGERS[cfg.method](hidden, attention, keys, cfg.visual_token_num))
+        if cfg.pruning_stats:
+            with torch.no_grad():
+                for i in range(merged.shape[0]):
+                    self.pruning_records.append({
+                        "erank_all": float(effective_rank(self.get_model().mm_projector(hidden[i, 1:]))),
+                        "erank_kept": float(effective_rank(merged[i])),
+                        "attention_entropy": float(attention_entropy(attention[i])),
+                        "kept_indices": None, "pruning_time_s": None})
+        return merged
 
     def select_visual_tokens(self, features, attention):
         """features [V, N, hidden] (the views of one image, or a batch of single-view images), attention
@@ -197,12 +220,19 @@ class LlavaMetaForCausalLM:
         if isinstance(images, list) or images.ndim == 5:  # views per image (anyres) or ragged list
             views = [img if img.ndim == 4 else img.unsqueeze(0) for img in images]
             counts = [v.shape[0] for v in views]
+            sizes = image_sizes if image_sizes is not None else [None] * len(counts)
+            if self._merges_visual_tokens():
+                if self.pruning_config.budget_scope != "per-view":
+                    raise ValueError(f"--pruning-method {self.pruning_config.method} supports --budget-scope per-view only")
+                merged = torch.split(self.merge_visual_tokens(torch.cat(views, dim=0)), counts, dim=0)
+                return [m.flatten(0, 1) for m in merged]  # K per view, base view first
             encoded = self.encode_images(torch.cat(views, dim=0), output_attentions)
             features, attention = encoded if output_attentions else (encoded, None)
             per_image = torch.split(features, counts, dim=0)
             per_attn = [None] * len(counts) if attention is None else torch.split(attention, counts, dim=0)
-            sizes = image_sizes if image_sizes is not None else [None] * len(counts)
             return [self.image_blocks_anyres(f, a, size) for f, a, size in zip(per_image, per_attn, sizes)]
+        if self._merges_visual_tokens():
+            return list(self.merge_visual_tokens(images))
         encoded = self.encode_images(images, output_attentions)
         features, attention = encoded if output_attentions else (encoded, None)
         return list(self.select_visual_tokens(features, attention)[0])

@@ -76,7 +76,7 @@ def main(argv=None):
         plain, with_attn = tower_time(device, max(3, args.repeats // 3))
         print(f"vision tower CLIP-L/336 to layer -2: {plain:.1f} ms; with CLS attention row: {with_attn:.1f} ms "
               f"({100 * (with_attn / plain - 1):+.1f}%)")
-    methods = [m for m, spec in METHODS.items() if not spec.in_llm]
+    methods = [m for m, spec in METHODS.items() if not spec.in_llm and not spec.merges]
     print(f"\n| method | simple (ms) | complex (ms) |\n|---|---|---|")
     inputs = {r: make_inputs(r, args.n, args.dim, device) for r in ("simple", "complex")}
     for m in methods:

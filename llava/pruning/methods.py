@@ -33,14 +33,15 @@ class Method:
     fn: Callable
     needs_attention: bool
     in_llm: bool = False  # FastV-style: selection happens inside the decoder, not here
+    merges: bool = False  # builds new tokens from the tower's states (llava.pruning.merging)
 
 
 METHODS = {}
 
 
-def register(name, needs_attention=False, in_llm=False):
+def register(name, needs_attention=False, in_llm=False, merges=False):
     def wrap(fn):
-        METHODS[name] = Method(name, fn, needs_attention, in_llm)
+        METHODS[name] = Method(name, fn, needs_attention, in_llm, merges)
         return fn
 
     return wrap
@@ -305,6 +306,12 @@ def agile_reference_loop(features, attention, k, **options):
                 selected.append(i)
         out.append(sorted(selected))
     return torch.tensor(out, dtype=torch.long, device=features.device)
+
+
+# ---- VisionZip: merges before the projector (llava.pruning.merging.visionzip_merge) ---------------
+@register("visionzip", needs_attention=True, merges=True)
+def select_visionzip_merges(features, attention, k, **options):
+    raise ValueError("visionzip merges tokens (llava.pruning.merging.visionzip_merge); it has no index selection")
 
 
 # ---- FastV: inside the LLM ------------------------------------------------------------------------

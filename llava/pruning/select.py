@@ -17,6 +17,8 @@ def _check(method, features, attention, k, options):
     spec = METHODS[method]
     if spec.in_llm:
         raise ValueError(f"{method!r} selects inside the language model; it has no visual-feature selection")
+    if spec.merges:
+        raise ValueError(f"{method!r} merges tokens; use llava.pruning.merging (it has no index selection)")
     if spec.needs_attention:
         if attention is None:
             raise ValueError(f"pruning method {method!r} needs the CLS attention row, but attention is None")

@@ -73,7 +73,7 @@ def run_capturing_qk(layer, hidden, layer_kwargs):
     finally:
         for hook in hooks:
             hook.remove()
-    return out, cls_attention_row(layer.self_attn, captured["q"], captured["k"])
+    return out, captured["q"], captured["k"]
 
 
 class CLIPVisionTower(nn.Module):
@@ -119,25 +119,41 @@ class CLIPVisionTower(nn.Module):
             kwargs["causal_attention_mask"] = None
         return kwargs
 
-    def _encode(self, pixels, output_attentions):
+    def _run(self, pixels, capture_qk):
+        """All 1+N tokens after the select layer, and that layer's (q, k) projections if asked."""
         vm = self._vision_model()
         hidden = vm.pre_layrnorm(vm.embeddings(pixels))
         n_run = self._num_layers_to_run()
-        if output_attentions and n_run == 0:
+        if capture_qk and n_run == 0:
             raise ValueError("mm_vision_select_layer selects the embeddings: there is no attention to return")
-        attention, layer_kwargs = None, self._layer_kwargs(vm.encoder.layers[0])
+        qk, layer_kwargs = None, self._layer_kwargs(vm.encoder.layers[0])
         for i, layer in enumerate(vm.encoder.layers[:n_run]):
-            if output_attentions and i == n_run - 1:
-                out, attention = run_capturing_qk(layer, hidden, layer_kwargs)
+            if capture_qk and i == n_run - 1:
+                out, q, k = run_capturing_qk(layer, hidden, layer_kwargs)
+                qk = (layer.self_attn, q, k)
             else:
                 out = layer(hidden, **layer_kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
+        return hidden, qk
+
+    def _encode(self, pixels, output_attentions):
+        hidden, qk = self._run(pixels, output_attentions)
+        attention = None if qk is None else cls_attention_row(*qk)
         if self.select_feature == "patch":
             hidden = hidden[:, 1:]
         elif self.select_feature != "cls_patch":
             raise ValueError(f"Unexpected select feature: {self.select_feature!r} (config mm_vision_select_feature)")
         return hidden, attention
 
+    @torch.no_grad()
+    def forward_for_merging(self, images):
+        """What token-merging methods (VisionZip) need from the select layer: all 1+N hidden states
+        (CLS first) [B, 1+N, C], the CLS->patch attention [B, N] and the keys averaged over heads
+        [B, 1+N, head_dim] (float32)."""
+        hidden, (attn, q, k) = self._run(images.to(device=self.device, dtype=self.dtype), True)
+        b, t, _ = k.shape
+        keys = k.reshape(b, t, attn.num_heads, attn.head_dim).float().mean(dim=2)
+        return hidden.to(images.dtype), cls_attention_row(attn, q, k), keys
     @torch.no_grad()
     def forward(self, images, output_attentions=False):
         """images [B, 3, H, W] -> features [B, N, C] (input dtype); with output_attentions also the
