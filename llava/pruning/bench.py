@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from .merging import visionzip_merge
 from .methods import DEFAULT_OPTIONS, METHODS, agile_inputs, agile_walk, agile_walk_loop
 from .select import select_visual_tokens
 
@@ -86,6 +87,13 @@ def main(argv=None):
             _, med, spread = timed(lambda: select_visual_tokens(m, feats, attn, args.k), args.repeats, device)
             cells.append(f"{med:.2f} ± {spread / 2:.2f}")
         print(f"| {m} | {cells[0]} | {cells[1]} |")
+    hidden = torch.randn(1, args.n + 1, 1024, device=device)  # CLIP-L select-layer states, CLS first
+    keys = torch.randn(1, args.n + 1, 64, device=device)
+    cells = []
+    for regime in ("simple", "complex"):
+        _, med, spread = timed(lambda: visionzip_merge(hidden, inputs[regime][1], keys, args.k), args.repeats, device)
+        cells.append(f"{med:.2f} ± {spread / 2:.2f}")
+    print(f"| visionzip (merge, 1024-d pre-projector) | {cells[0]} | {cells[1]} |")
     print("\nAgilePruner walk alone (same distances and thresholds), vectorised vs per-token loop:")
     for regime in ("simple", "complex"):
         feats, attn = inputs[regime]
