@@ -84,12 +84,6 @@ def test_pruning_stats_are_recorded(v15):
         assert rec["pruning_time_s"] >= 0
 
 
-def test_fastv_is_refused_until_wired(v15):
-    _, model, _ = v15
-    with pytest.raises(ValueError, match="inside the language model"):
-        model.set_pruning(PruningConfig(method="fastv", visual_token_num=64))
-
-
 def test_anyres_budget_scopes(v16):
     tokenizer, model, processor = v16
     image = sample_image(500, 300)  # base + 2 tiles
@@ -164,3 +158,49 @@ def test_visionzip_feeds_exactly_k_merged_tokens(v15, v16):
     model16.set_pruning(PruningConfig(method="visionzip", visual_token_num=32, budget_scope="global"))
     with pytest.raises(ValueError, match="per-view"):
         model16.image_embeddings(process_images([wide], processor16, model16.config), [wide.size])
+
+
+def test_fastv_keeps_the_top_k_of_the_last_tokens_attention(v15):
+    """Checked against transformers' own eager attention maps of the unpruned model."""
+    from transformers import LlamaForCausalLM
+
+    tokenizer, model, processor = v15
+    image = sample_image(seed=6)
+    pixels = process_images([image], processor, model.config)
+    ids = prompt_ids(tokenizer)
+    kw = dict(images=pixels, image_sizes=[image.size], do_sample=False, max_new_tokens=5, min_new_tokens=5,
+              temperature=None, top_p=None, pad_token_id=tokenizer.pad_token_id)
+    model.set_pruning(None)
+    base = model.generate(ids, **kw)
+    model.set_pruning(PruningConfig(method="fastv", visual_token_num=576, fastv_layer=1))
+    assert torch.equal(model.generate(ids, **kw), base)  # K >= image tokens: the stock path
+    model.set_pruning(PruningConfig(method="fastv", visual_token_num=48, fastv_layer=1, pruning_stats=True))
+    lengths = []
+    hook = model.get_model().layers[1].register_forward_pre_hook(lambda m, a, kw: lengths.append(a[0].shape[1] if a else kw["hidden_states"].shape[1]), with_kwargs=True)
+    try:
+        out = model.generate(ids, **kw)
+    finally:
+        hook.remove()
+    assert out.shape == (1, 5)
+    start = (ids[0] == -200).nonzero().item()
+    t = ids.shape[1] - 1 + 576
+    assert lengths[0] == t - 576 + 48 and lengths[1:] == [1, 1, 1, 1]  # pruned prefill, then cached decode
+    kept = model.pruning_records[-1]["kept_indices"][0]
+    _, _, _, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, pixels, [image.size])
+    ref = LlamaForCausalLM.from_pretrained(model.config._name_or_path, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        att = ref(inputs_embeds=embeds, output_attentions=True).attentions[0]  # layer fastv_layer - 1
+    scores = att[0, :, -1, start : start + 576].mean(0)
+    assert kept == sorted(scores.topk(48).indices.tolist())
+
+
+def test_fastv_bad_settings(v15):
+    tokenizer, model, processor = v15
+    with pytest.raises(ValueError, match="fastv-layer"):
+        model.set_pruning(PruningConfig(method="fastv", visual_token_num=8, fastv_layer=5))
+    model.set_pruning(PruningConfig(method="fastv", visual_token_num=8, fastv_layer=1))
+    with pytest.raises(ValueError, match="fastv prunes at inference only"):
+        image = sample_image()
+        ids = prompt_ids(tokenizer)
+        model(input_ids=ids, labels=ids.clamp(min=0), images=process_images([image], processor, model.config),
+              image_sizes=[image.size])

@@ -76,9 +76,14 @@ class LlavaMetaForCausalLM:
             cfg = PruningConfig.from_dict(cfg)
         cfg = (cfg or PruningConfig()).validate()
         if cfg.is_active and METHODS[cfg.method].in_llm:
-            raise ValueError(f"--pruning-method {cfg.method}: pruning inside the language model is not "
-                             f"wired into the decoder yet; use a method that prunes before the LLM")
+            n_layers = self.config.num_hidden_layers
+            if not 1 <= cfg.fastv_layer < n_layers:
+                raise ValueError(f"--fastv-layer must be in [1, {n_layers - 1}] for this model, got {cfg.fastv_layer}")
+            if self.config._attn_implementation not in ("sdpa", "flash_attention_2"):
+                raise ValueError(f"--pruning-method {cfg.method} needs SDPA or flash attention, "
+                                 f"not {self.config._attn_implementation!r}")
         self.pruning = cfg
+        self._image_span = None
         self.pruning_records = []  # per-image statistics when cfg.pruning_stats
         return self
 
@@ -250,7 +255,30 @@ class LlavaMetaForCausalLM:
             raise NotImplementedError("tune_mm_mlp_adapter with mm_use_im_start_end is not supported")
         image_blocks = self.image_embeddings(images, image_sizes)
         embeds, new_labels = self.splice_embeddings(input_ids, attention_mask, labels, image_blocks)
+        self._image_span = None
+        if self._prunes_in_llm():
+            span = self._single_image_span(input_ids, attention_mask, image_blocks)
+            self._image_span = span if self.pruning_config.visual_token_num < span[1] else None
         return self.pad_batch(embeds, new_labels, position_ids, attention_mask, past_key_values, labels)
+
+    def _prunes_in_llm(self):
+        cfg = self.pruning_config
+        return cfg.is_active and METHODS[cfg.method].in_llm
+
+    def _fastv_pending(self):
+        """FastV is on and the current prompt's image has more tokens than K."""
+        return self._prunes_in_llm() and getattr(self, "_image_span", None) is not None
+
+    @staticmethod
+    def _single_image_span(input_ids, attention_mask, image_blocks):
+        """(start, length) of the image block in the spliced prompt; FastV needs it the same in every row."""
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            raise ValueError("fastv needs unpadded prompts (one prompt, or prompts of equal length)")
+        starts = [(row == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist() for row in input_ids]
+        if any(len(s) != 1 for s in starts) or len({s[0] for s in starts}) != 1 \
+                or len({b.shape[0] for b in image_blocks}) != 1:
+            raise ValueError("fastv needs exactly one image per prompt, at the same position in every row")
+        return starts[0][0], image_blocks[0].shape[0]
 
     def splice_embeddings(self, input_ids, attention_mask, labels, image_blocks):
         """Per row: drop padding, embed the text, put the next image block at each IMAGE_TOKEN_INDEX.

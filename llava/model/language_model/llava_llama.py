@@ -4,6 +4,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ..fastv import fastv_forward
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 
@@ -48,6 +49,15 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             seq_len = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
             position_ids = positions_from_mask(attention_mask, seq_len)
+        if self._fastv_pending():  # FastV: the decoder layers run in llava.model.fastv
+            if labels is not None:
+                raise ValueError("fastv prunes at inference only; train with a method that prunes before the LLM")
+            if inputs_embeds is None:
+                inputs_embeds = self.get_model().embed_tokens(input_ids)
+            cfg = self.pruning_config
+            records = self.pruning_records if cfg.pruning_stats else None
+            return fastv_forward(self, inputs_embeds, position_ids, past_key_values, use_cache, self._image_span,
+                                 cfg.visual_token_num, cfg.fastv_layer, kwargs.get("logits_to_keep", 0), records)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -66,6 +76,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         attention_mask = kwargs.pop("attention_mask", None)
         if "inputs_embeds" in kwargs:
             raise NotImplementedError("`inputs_embeds` is not supported")
+        self._image_span = None  # FastV: set again by the splice below when this prompt has an image
         if images is not None:
             (_, _, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
                 inputs, None, attention_mask, None, None, images, image_sizes=image_sizes
