@@ -16,16 +16,6 @@ class SeparatorStyle(Enum):
     LLAMA_2 = auto()
 
 
-def _square_pad(image, color=(122, 116, 104)):
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), color)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
 @dataclasses.dataclass
 class Conversation:
     """Conversation history plus the template that renders it into a prompt."""
@@ -96,7 +86,9 @@ class Conversation:
 
     def process_image(self, image, image_process_mode, return_pil=False, image_format="PNG", max_len=1344, min_len=672):
         if image_process_mode == "Pad":
-            image = _square_pad(image)
+            from llava.mm_utils import expand2square  # lazy: keeps this module free of torch
+
+            image = expand2square(image, (122, 116, 104))
         elif image_process_mode in ("Default", "Crop"):
             pass
         elif image_process_mode == "Resize":

@@ -26,6 +26,13 @@ def positions_from_mask(attention_mask, seq_len):
 class LlavaCausalLMMixin(LlavaMetaForCausalLM):
     """forward/generate shared by the LLaMA and Mistral variants."""
 
+    def _build(self, config, inner_model_cls):
+        """What XForCausalLM.__init__ does, with the LLaVA inner model (and no throw-away plain one)."""
+        self.model = inner_model_cls(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
     def forward(
         self,
         input_ids=None,
@@ -90,11 +97,8 @@ class LlavaLlamaForCausalLM(LlavaCausalLMMixin, LlamaForCausalLM):
     config_class = LlavaConfig
 
     def __init__(self, config):
-        LlamaPreTrainedModel.__init__(self, config)  # not LlamaForCausalLM.__init__: no throw-away LlamaModel
-        self.model = LlavaLlamaModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+        LlamaPreTrainedModel.__init__(self, config)
+        self._build(config, LlavaLlamaModel)
 
 
 AutoConfig.register("llava_llama", LlavaConfig)

@@ -1,5 +1,4 @@
 """LLaVA on Mistral (upstream names: LlavaMistralConfig, LlavaMistralModel, LlavaMistralForCausalLM)."""
-import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, MistralConfig, MistralForCausalLM, MistralModel
 from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
 
@@ -20,10 +19,7 @@ class LlavaMistralForCausalLM(LlavaCausalLMMixin, MistralForCausalLM):
 
     def __init__(self, config):
         MistralPreTrainedModel.__init__(self, config)
-        self.model = LlavaMistralModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+        self._build(config, LlavaMistralModel)
 
 
 AutoConfig.register("llava_mistral", LlavaMistralConfig)
