@@ -217,9 +217,10 @@ def agile_inputs(features, attention, **options):
     order = attention_order(attention)
     dist = cosine_distance(features)
     dist = dist.gather(1, order[:, :, None].expand(b, n, n)).gather(2, order[:, None, :].expand(b, n, n))
-    ratio = _erank_ratio(features, options)
-    rank = torch.arange(1, n + 1, device=features.device, dtype=torch.float32)
-    tau = (rank[None] * ratio[:, None] * options["tau_step"]).clamp(max=options["tau_max"])
+    ratio = _erank_ratio(features, options).double()
+    rank = torch.arange(1, n + 1, device=features.device, dtype=torch.float64)
+    # in double, then compared in float32: what a per-token loop with Python-float thresholds does
+    tau = (rank[None] * ratio[:, None] * options["tau_step"]).clamp(max=options["tau_max"]).float()
     return order, dist, tau
 
 
