@@ -110,16 +110,13 @@ class LlavaMetaForCausalLM:
         tower's select-layer states before the projector, so they are called here instead of
         `select_visual_tokens`; K counts VisionZip's CLS token."""
         cfg = self.pruning_config
+        projector = self.get_model().mm_projector
         hidden, attention, keys = self.get_vision_tower().forward_for_merging(views)
-        merged = self.get_model().mm_projector(MERGERS[cfg.method](hidden, attention, keys, cfg.visual_token_num))
+        start = time.perf_counter()
+        merged = projector(MERGERS[cfg.method](hidden, attention, keys, cfg.visual_token_num))
         if cfg.pruning_stats:
             with torch.no_grad():
-                for i in range(merged.shape[0]):
-                    self.pruning_records.append({
-                        "erank_all": float(effective_rank(self.get_model().mm_projector(hidden[i, 1:]))),
-                        "erank_kept": float(effective_rank(merged[i])),
-                        "attention_entropy": float(attention_entropy(attention[i])),
-                        "kept_indices": None, "pruning_time_s": None})
+                self._record_stats(projector(hidden[:, 1:]), attention, merged, None, start)
         return merged
 
     def select_visual_tokens(self, features, attention):
@@ -141,6 +138,8 @@ class LlavaMetaForCausalLM:
 
     @torch.no_grad()
     def _record_stats(self, features, attention, kept, idx, start):
+        """One record per view/image: erank of all and of kept tokens, attention entropy, kept indices
+        (None for merged tokens) and the pruning time since `start`."""
         if features.is_cuda:
             torch.cuda.synchronize(features.device)
         elapsed = (time.perf_counter() - start) / features.shape[0]
@@ -149,7 +148,7 @@ class LlavaMetaForCausalLM:
                 "erank_all": float(effective_rank(features[i])),
                 "erank_kept": float(effective_rank(kept[i])),
                 "attention_entropy": None if attention is None else float(attention_entropy(attention[i])),
-                "kept_indices": idx[i].tolist(),
+                "kept_indices": None if idx is None else idx[i].tolist(),
                 "pruning_time_s": elapsed,
             })
 
