@@ -2,10 +2,13 @@
 
 The data path for one image (see DESIGN.md) reads top to bottom in `LlavaMetaForCausalLM`:
 
-    encode_images       pixels -> tower (up to the select layer, + CLS attention row) -> projector
-    select_visual_tokens  the one place where visual tokens are pruned (identity until a method is set)
-    merge_views         LLaVA-1.6 anyres: base view + tiles (+ unpadding and image_newline)
-    splice_embeddings   image blocks replace IMAGE_TOKEN_INDEX, labels IGNORE_INDEX, re-pad the batch
+    encode_images         pixels -> tower (up to the select layer, + CLS attention row) -> projector
+    select_visual_tokens  the one place where visual tokens are pruned (llava.pruning; identity when off)
+                          (token-merging methods, VisionZip, go through merge_visual_tokens instead,
+                          since they merge before the projector; FastV prunes in the decoder,
+                          llava/model/fastv.py)
+    merge_views           LLaVA-1.6 anyres: base view + tiles (+ unpadding and image_newline)
+    splice_embeddings     image blocks replace IMAGE_TOKEN_INDEX, labels IGNORE_INDEX, re-pad the batch
 """
 import time
 
