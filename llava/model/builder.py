@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
+from llava.model.multimodal_encoder.clip_encoder import resolve_vision_tower
 
 WEIGHT_INDEXES = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
@@ -215,6 +216,7 @@ def load_pretrained_model(
         config = llava_config(model_path)
         if vision_tower_override is not None:
             config.mm_vision_tower = vision_tower_override
+        resolve_vision_tower(getattr(config, "mm_vision_tower", None) or config.vision_tower)  # fail before the LLM loads
         model_cls = model_class_for(config)
         if kind == "full":
             tokenizer = load_tokenizer(model_path)
