@@ -62,9 +62,10 @@ def test_pruning_flags_in_the_cli(tiny_checkpoint, image_file):
     ckpt = tiny_checkpoint("v1.5")
     res = run_cli(["--model-path", ckpt["model_path"], "--image-file", image_file, "--device", "cpu",
                    "--temperature", "0", "--max-new-tokens", "3", "--pruning-method", "agile",
-                   "--visual-token-num", "64"], "What is this?\n")
+                   "--visual-token-num", "64", "--pruning-stats"], "What is this?\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("ASSISTANT: ") == 1 and res.stdout.rstrip().endswith("exit...")
+    assert "[pruning-stats]" in res.stderr and "erank_kept" in res.stderr and "kept=64" in res.stderr
 
 
 def test_bad_pruning_flag_is_a_clear_error(tiny_checkpoint, image_file):

@@ -17,9 +17,9 @@ from llava.model.builder import detect_checkpoint_kind, load_pretrained_model
 from llava.model.multimodal_encoder.clip_encoder import VisionTowerNotFoundError
 
 
-def load(ckpt, **kw):
+def load(ckpt, load_8bit=False, **kw):
     path = ckpt["model_path"]
-    return load_pretrained_model(path, ckpt.get("model_base"), get_model_name_from_path(path), device="cpu", **kw)
+    return load_pretrained_model(path, ckpt.get("model_base"), get_model_name_from_path(path), load_8bit, device="cpu", **kw)
 
 
 def sample_image(w=400, h=300, seed=0):
@@ -257,3 +257,12 @@ def test_text_only_generation(v15):
     with torch.no_grad():
         first = model(input_ids=ids).logits[0, -1].argmax().item()
     assert out.shape == (1, 3) and out[0, 0].item() == first
+
+
+def test_quantised_loading_without_bitsandbytes_is_a_clear_error(tiny_checkpoint):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed")
+    with pytest.raises(ValueError, match="bitsandbytes"):
+        load(tiny_checkpoint("v1.5"), load_8bit=True)

@@ -169,7 +169,12 @@ def load_pretrained_model(
     if device != "cuda":
         kwargs["device_map"] = {"": device}
     if load_8bit or load_4bit:
+        import importlib.util
+
         from transformers import BitsAndBytesConfig
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--load-8bit/--load-4bit need bitsandbytes: pip install -e '.[quant]' (CUDA GPUs)")
 
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_8bit=True)

@@ -129,6 +129,11 @@ def main(args):
         print(f"{session.roles[1]}: ", end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         answer = session.ask(text, streamer=streamer)
+        if pruning.pruning_stats:
+            for rec in model.pruning_records:
+                summary = {k: v for k, v in rec.items() if k != "kept_indices"}
+                print(f"[pruning-stats] {summary} kept={len(rec['kept_indices'] or [])}", file=sys.stderr)
+            model.pruning_records.clear()
         if args.debug:
             print("\n", {"prompt": session.last_timings["prompt"], "outputs": answer}, "\n")
     return 0
