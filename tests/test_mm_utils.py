@@ -166,4 +166,5 @@ def test_keywords_stopping_criteria_on_new_tokens_only(tiny_tokenizer):
     hello = tiny_tokenizer("hello").input_ids[1:]
     assert not crit(torch.tensor([hello]), None).all()
     assert crit(torch.tensor([hello + stop_ids]), None).all()
-    assert not crit(torch.tensor([hello + stop_ids, hello + hello]), None).any()  # every row must hit
+    other = (hello * 8)[: len(hello + stop_ids)]  # same length as the first row, no keyword
+    assert not crit(torch.tensor([hello + stop_ids, other]), None).any()  # every row must hit
