@@ -1,3 +1,4 @@
+"""Token ids, special-token strings and server constants, with upstream LLaVA's names and values."""
 CONTROLLER_HEART_BEAT_EXPIRATION = 30
 WORKER_HEART_BEAT_INTERVAL = 15
 

@@ -31,7 +31,13 @@ class Conversation:
     skip_next: bool = False
 
     def _rendered_messages(self):
-        """Messages with a leading (text, image, mode) tuple turned into upstream's text form."""
+        """[(role, text or None)] with upstream's rules for image tuples.
+
+        A leading `(text, image, mode)` user turn loses its `<image>` markers and gets one back in front
+        (`"<image>\n" + text`), or, for `mmtag` versions, two synthetic turns are put before it. Any other
+        tuple contributes its text. A turn counts as present when its message is truthy (so an image tuple
+        with empty text still renders, as upstream), otherwise it is the open turn to be generated (None).
+        """
         messages = list(self.messages)
         if messages and isinstance(messages[0][1], tuple):
             role, first = messages[0]
@@ -41,50 +47,61 @@ class Conversation:
                 messages[:0] = [(self.roles[0], "<Image><image></Image>"), (self.roles[1], "Received.")]
             else:
                 messages[0] = (role, "<image>\n" + text)
-        return [(role, msg[0] if isinstance(msg, tuple) else msg) for role, msg in messages]
+        rendered = []
+        for role, msg in messages:
+            if not msg:
+                msg = None
+            elif isinstance(msg, tuple):
+                msg = msg[0]
+            rendered.append((role, msg))
+        return rendered
 
     def get_prompt(self):
+        """The prompt string, byte-identical to upstream LLaVA's for the same turns and template."""
         messages = self._rendered_messages()
         style = self.sep_style
         if style == SeparatorStyle.SINGLE:
             out = self.system + self.sep
             for role, msg in messages:
-                out += f"{role}: {msg}{self.sep}" if msg else f"{role}:"
+                out += role + ":" if msg is None else role + ": " + msg + self.sep
         elif style == SeparatorStyle.TWO:
             seps = (self.sep, self.sep2)
             out = self.system + seps[0]
             for i, (role, msg) in enumerate(messages):
-                out += f"{role}: {msg}{seps[i % 2]}" if msg else f"{role}:"
+                out += role + ":" if msg is None else role + ": " + msg + seps[i % 2]
         elif style == SeparatorStyle.MPT:
             out = self.system + self.sep
             for role, msg in messages:
-                out += f"{role}{msg}{self.sep}" if msg else role
+                out += role if msg is None else role + msg + self.sep
         elif style == SeparatorStyle.LLAMA_2:
             out = ""
             for i, (role, msg) in enumerate(messages):
                 if i == 0:
-                    assert msg, "first message should not be none"
+                    assert msg is not None, "first message should not be none"
                     assert role == self.roles[0], "first message should come from user"
-                if not msg:
+                if msg is None:
                     continue
                 if i == 0 and self.system:
                     msg = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n" + msg
                 out += f"{self.sep}[INST] {msg} [/INST]" if i % 2 == 0 else f" {msg} {self.sep2}"
-            out = out.lstrip(self.sep)
+            out = out.lstrip(self.sep)  # a character set, as upstream: drops the leading "<s>"
         elif style == SeparatorStyle.PLAIN:
-            seps = (self.sep, self.sep2)
+            # upstream's plain template has sep2=None and raises on a filled assistant turn; we end it with sep
+            seps = (self.sep, self.sep if self.sep2 is None else self.sep2)
             out = self.system
             for i, (_, msg) in enumerate(messages):
-                if msg:
+                if msg is not None:
                     out += msg + seps[i % 2]
         else:
             raise ValueError(f"Invalid style: {self.sep_style}")
         return out
 
     def append_message(self, role, message):
+        """Add a turn; `message` is a string, None (the turn to generate) or (text, PIL image, mode)."""
         self.messages.append([role, message])
 
     def process_image(self, image, image_process_mode, return_pil=False, image_format="PNG", max_len=1344, min_len=672):
+        """Gradio-side image handling: Pad / Resize / Default / Crop, then cap the longest side at max_len."""
         if image_process_mode == "Pad":
             from llava.mm_utils import expand2square  # lazy: keeps this module free of torch
 
@@ -109,6 +126,7 @@ class Conversation:
         return base64.b64encode(buffered.getvalue()).decode()
 
     def get_images(self, return_pil=False):
+        """Images of the user turns (after `offset`), processed by `process_image`: PIL or base64 strings."""
         images = []
         for i, (_, msg) in enumerate(self.messages[self.offset :]):
             if i % 2 == 0 and isinstance(msg, tuple):
@@ -117,23 +135,22 @@ class Conversation:
         return images
 
     def to_gradio_chatbot(self):
+        """[[user, assistant], ...] pairs for a Gradio Chatbot; an image turn becomes an inline JPEG + its text."""
         out = []
         for i, (_, msg) in enumerate(self.messages[self.offset :]):
             if i % 2 == 0:
                 if isinstance(msg, tuple):
-                    text, image, mode = msg
+                    text, image, _ = msg
                     b64 = self.process_image(image, "Default", return_pil=False, image_format="JPEG")
-                    out.append([f'<img src="data:image/jpeg;base64,{b64}" alt="user upload image" />', None])
-                    text = text.replace("<image>", "").strip()
-                    if text:
-                        out.append([text, None])
-                else:
-                    out.append([msg, None])
+                    img = f'<img src="data:image/jpeg;base64,{b64}" alt="user upload image" />'
+                    msg = img + text.replace("<image>", "").strip()
+                out.append([msg, None])
             else:
                 out[-1][-1] = msg
         return out
 
     def copy(self):
+        """A new conversation with its own list of [role, message] lists (templates hold tuples)."""
         return Conversation(
             system=self.system,
             roles=self.roles,
@@ -146,8 +163,9 @@ class Conversation:
         )
 
     def dict(self):
+        """JSON-friendly form (image tuples reduced to their text), as the Gradio server logs it."""
         messages = self.messages
-        if self.get_images():
+        if any(isinstance(msg, tuple) for i, (_, msg) in enumerate(self.messages[self.offset :]) if i % 2 == 0):
             messages = [[role, msg[0] if isinstance(msg, tuple) else msg] for role, msg in self.messages]
         return {"system": self.system, "roles": self.roles, "messages": messages, "offset": self.offset,
                 "sep": self.sep, "sep2": self.sep2}
