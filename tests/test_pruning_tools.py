@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from llava.pruning import bench, calibrate, visualize
+from llava.pruning import bench, bench_select, calibrate, visualize
 
 
 @pytest.fixture(scope="module")
@@ -61,4 +61,11 @@ def test_visualize_bad_method(tiny_checkpoint, folder, capsys):
 def test_bench_runs_and_reports_identity(capsys):
     bench.main(["--n", "96", "--k", "16", "--dim", "32", "--repeats", "1", "--tower", "none", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "| agile |" in out and out.count("identical: True") == 2
+    assert "| agile |" in out and "| visionzip |" in out and out.count("identical: True") == 3
+
+
+def test_bench_select_runs_and_reports_identity(capsys):
+    bench_select.main(["--n", "96", "--k", "16", "--d", "64", "--batch", "2", "--repeats", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "| agile |" in out and "| divprune |" in out and "speed-up" in out
+    assert out.count("identical: True") == 3 and "identical: False" not in out

@@ -3,13 +3,21 @@ import argparse
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from .methods import COMPLEXITY_RULES, DEFAULT_OPTIONS, METHODS
+from .registry import COMPLEXITY_RULES, DEFAULT_OPTIONS, METHODS
+from . import select as _select  # noqa: F401 (every method is registered before the flags list them)
 
 BUDGET_SCOPES = ("per-view", "global")
 
 
+def _flag(name):
+    return "--" + {"method": "pruning-method", "seed": "pruning-seed"}.get(name, name.replace("_", "-"))
+
+
 @dataclass
 class PruningConfig:
+    """Everything that decides which visual tokens reach the LLM. Saved into a checkpoint's config.json
+    with to_dict() and read back with from_dict(); options() gives select_visual_tokens' keywords."""
+
     method: str = "none"
     visual_token_num: Optional[int] = None  # K visual embeddings per image (per view with per-view scope)
     erank_avg: float = DEFAULT_OPTIONS["erank_avg"]
@@ -28,6 +36,7 @@ class PruningConfig:
 
     @property
     def is_active(self):
+        """A pruning method is on (it may still keep everything when K >= the tokens available)."""
         return self.method != "none"
 
     @property
@@ -35,28 +44,47 @@ class PruningConfig:
         return self.is_active and METHODS[self.method].needs_attention
 
     def validate(self):
-        known = sorted(METHODS) + ["none"]
-        if self.method not in known:
-            raise ValueError(f"--pruning-method: unknown method {self.method!r}; choose from {', '.join(known)}")
-        if self.is_active and (self.visual_token_num is None or self.visual_token_num <= 0):
-            raise ValueError(f"--visual-token-num must be a positive integer with --pruning-method "
-                             f"{self.method}, got {self.visual_token_num!r}")
+        """Check every field; a bad one raises ValueError naming its flag. Returns self."""
+        if self.method not in METHODS:
+            raise ValueError(f"--pruning-method: unknown method {self.method!r}; "
+                             f"choose from {', '.join(sorted(METHODS))}")
+        k = self.visual_token_num
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise ValueError(f"--visual-token-num must be a positive integer, got {k!r}")
+        if self.is_active and k is None:
+            raise ValueError(f"--visual-token-num is required with --pruning-method {self.method}")
         if self.complexity_rule not in COMPLEXITY_RULES:
-            raise ValueError(f"--complexity-rule must be one of {COMPLEXITY_RULES}, got {self.complexity_rule!r}")
+            raise ValueError(f"--complexity-rule must be one of {', '.join(COMPLEXITY_RULES)}, "
+                             f"got {self.complexity_rule!r}")
         if self.budget_scope not in BUDGET_SCOPES:
-            raise ValueError(f"--budget-scope must be one of {BUDGET_SCOPES}, got {self.budget_scope!r}")
-        if self.fastv_layer < 0:
-            raise ValueError(f"--fastv-layer must be >= 0, got {self.fastv_layer}")
-        for name in ("important_ratio", "attention_share"):
+            raise ValueError(f"--budget-scope must be one of {', '.join(BUDGET_SCOPES)}, got {self.budget_scope!r}")
+        for name in ("fastv_layer", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (name == "fastv_layer" and value < 0):
+                raise ValueError(f"{_flag(name)} must be a{' non-negative' if name == 'fastv_layer' else 'n'} "
+                                 f"integer, got {value!r}")
+        for name in ("erank_avg", "tau_max", "tau_step", "important_ratio", "attention_share", "share_slope",
+                     "share_min", "share_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{_flag(name)} must be a number, got {value!r}")
+        for name in ("erank_avg", "tau_max", "tau_step"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{_flag(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("important_ratio", "attention_share", "share_min", "share_max"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("erank_avg", "tau_step", "tau_max"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise ValueError(f"{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.share_min > self.share_max:
+            raise ValueError(f"--share-min ({self.share_min}) must not exceed --share-max ({self.share_max})")
+        if not self.share_slope >= 0:
+            raise ValueError(f"--share-slope must be >= 0 (--complexity-rule inverse flips the sign), "
+                             f"got {self.share_slope}")
+        if not isinstance(self.pruning_stats, bool):
+            raise ValueError(f"--pruning-stats must be true or false, got {self.pruning_stats!r}")
         return self
 
     def options(self):
-        """Keyword options for select_visual_tokens."""
+        """The keyword options of select_visual_tokens / prune_visual_tokens."""
         return {name: getattr(self, name) for name in DEFAULT_OPTIONS}
 
     def to_dict(self):
@@ -64,39 +92,50 @@ class PruningConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        """From to_dict()'s output (e.g. a checkpoint's config.json); unknown keys are an error."""
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown pruning settings {sorted(unknown)}")
+            raise ValueError(f"unknown pruning settings {sorted(unknown)}; "
+                             f"known: {', '.join(f.name for f in fields(cls))}")
         return cls(**d).validate()
 
     @classmethod
     def from_args(cls, args):
+        """From an argparse namespace built with add_pruning_args (other attributes are ignored)."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}).validate()
 
 
 def add_pruning_args(parser):
-    """The shared pruning flags (same names and meaning in every entry point)."""
+    """Add the shared pruning flags to an argparse parser (same names and meaning in every entry point)."""
     g = parser.add_argument_group("visual token pruning")
-    g.add_argument("--pruning-method", dest="method", default="none", choices=sorted(METHODS) + ["none"],
-                   help="how visual tokens are chosen before the LLM (fastv: inside the LLM)")
+    g.add_argument("--pruning-method", dest="method", default="none", choices=sorted(METHODS),
+                   help="how visual tokens are chosen: none (keep all), agile (AgilePruner), fastervlm, divprune, "
+                        "fps, vispruner, mix (FasterVLM + DivPrune), visionzip (merges), random; fastv prunes "
+                        "inside the LLM")
     g.add_argument("--visual-token-num", type=int, default=None,
-                   help="K: visual embeddings fed to the LLM per image (per view with --budget-scope per-view)")
+                   help="K: visual embeddings fed to the LLM per image (per view with --budget-scope per-view); "
+                        "K >= the tokens available means no pruning")
     g.add_argument("--erank-avg", type=float, default=DEFAULT_OPTIONS["erank_avg"],
-                   help="agile/adaptive rules: reference effective rank (90 for LLaVA-1.5-7B; "
+                   help="agile and the adaptive/inverse rules: reference effective rank (90 for LLaVA-1.5-7B; "
                         "python -m llava.pruning.calibrate for other models)")
-    g.add_argument("--tau-max", type=float, default=DEFAULT_OPTIONS["tau_max"], help="agile: cap on the cosine-distance threshold")
-    g.add_argument("--tau-step", type=float, default=DEFAULT_OPTIONS["tau_step"], help="agile: threshold growth per attention rank")
+    g.add_argument("--tau-max", type=float, default=DEFAULT_OPTIONS["tau_max"],
+                   help="agile: cap on the cosine-distance threshold (default 0.25)")
+    g.add_argument("--tau-step", type=float, default=DEFAULT_OPTIONS["tau_step"],
+                   help="agile: threshold growth per attention rank, scaled by erank/erank-avg (default 0.01)")
     g.add_argument("--important-ratio", type=float, default=DEFAULT_OPTIONS["important_ratio"],
-                   help="vispruner: share of K chosen by attention (before the complexity rule)")
+                   help="vispruner: share of K chosen by attention, the rest by de-duplication "
+                        "(R0 of the complexity rule; default 0.5)")
     g.add_argument("--attention-share", type=float, default=DEFAULT_OPTIONS["attention_share"],
-                   help="mix: share R of K chosen by attention, the rest by DivPrune (before the complexity rule)")
-    g.add_argument("--complexity-rule", default="fixed", choices=COMPLEXITY_RULES,
-                   help="mix/vispruner: fixed R, adaptive (R falls as erank rises) or inverse (ablation)")
+                   help="mix: share R of K chosen by attention, the rest by DivPrune (R0 of the complexity rule; "
+                        "default 0.5)")
+    g.add_argument("--complexity-rule", default=DEFAULT_OPTIONS["complexity_rule"], choices=COMPLEXITY_RULES,
+                   help="mix/vispruner: fixed R, adaptive (R falls as the image's erank rises) or inverse (ablation)")
     g.add_argument("--share-slope", type=float, default=DEFAULT_OPTIONS["share_slope"],
-                   help="adaptive/inverse: R = clip(R0 -/+ slope * (erank/erank_avg - 1), share_min, share_max)")
-    g.add_argument("--share-min", type=float, default=DEFAULT_OPTIONS["share_min"], help="adaptive/inverse: lower clip of R")
-    g.add_argument("--share-max", type=float, default=DEFAULT_OPTIONS["share_max"], help="adaptive/inverse: upper clip of R")
+                   help="adaptive/inverse: R = clip(R0 -/+ slope * (erank/erank-avg - 1), share-min, share-max)")
+    g.add_argument("--share-min", type=float, default=DEFAULT_OPTIONS["share_min"],
+                   help="adaptive/inverse: lower clip of R (default 0.1)")
+    g.add_argument("--share-max", type=float, default=DEFAULT_OPTIONS["share_max"],
+                   help="adaptive/inverse: upper clip of R (default 0.9)")
     g.add_argument("--pruning-seed", dest="seed", type=int, default=DEFAULT_OPTIONS["seed"], help="random: seed")
     g.add_argument("--fastv-layer", type=int, default=2, help="fastv: decoder layer at which image tokens are pruned")
     g.add_argument("--budget-scope", default="per-view", choices=BUDGET_SCOPES,

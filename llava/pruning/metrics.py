@@ -2,25 +2,43 @@
 import torch
 
 
+def centred_gram(features):
+    """features [B, N, D] -> (Gram matrix of the mean-centred tokens [B, N, N], centred tokens, mean [B, 1, D]).
+
+    The mean is over tokens (per feature), as AgilePruner's effective_rank subtracts it."""
+    x = features.float()
+    mean = x.mean(dim=1, keepdim=True)
+    centred = x - mean
+    return centred @ centred.transpose(1, 2), centred, mean
+
+
+def erank_from_gram(gram):
+    """Effective rank from a centred Gram matrix [B, N, N] -> [B].
+
+    Singular values s = sqrt(clamp(eigvalsh(gram), 1e-12)), p = s / (sum s + 1e-12),
+    H = -sum p log(p + 1e-12), erank = exp(H): AgilePruner's formula and epsilons, so erank_avg = 90
+    (measured with it) applies."""
+    s = torch.linalg.eigvalsh(gram).clamp(min=1e-12).sqrt()
+    p = s / (s.sum(dim=-1, keepdim=True) + 1e-12)
+    return torch.exp(-(p * torch.log(p + 1e-12)).sum(dim=-1))
+
+
 def effective_rank(features):
     """erank = exp(entropy of the normalised singular values) of the mean-centred token matrix.
 
-    features: [N, D] or [B, N, D] -> scalar or [B]. Computed as AgilePruner's code does (and in the
-    space its erank_avg=90 was measured in): centre over tokens, C = X X^T, singular values
-    sqrt(clamp(eigvalsh(C), 1e-12)), p = s / (sum s + 1e-12), H = -sum p log(p + 1e-12).
-    """
+    features [N, D] -> scalar tensor, or [B, N, D] -> [B]. Lies in [1, min(N - 1, D)] up to the
+    epsilons (centring removes one dimension). Computed through the N x N Gram matrix, which is what
+    the official code does and is cheaper than an SVD when N < D."""
     single = features.ndim == 2
-    x = features.float()[None] if single else features.float()
-    x = x - x.mean(dim=1, keepdim=True)
-    eig = torch.linalg.eigvalsh(x @ x.transpose(1, 2))
-    s = eig.clamp(min=1e-12).sqrt()
-    p = s / (s.sum(dim=-1, keepdim=True) + 1e-12)
-    erank = torch.exp(-(p * torch.log(p + 1e-12)).sum(dim=-1))
+    gram, _, _ = centred_gram(features[None] if single else features)
+    erank = erank_from_gram(gram)
     return erank[0] if single else erank
 
 
 def attention_entropy(attention):
-    """Entropy (nats) of the CLS->patch attention renormalised over the patches. [N] or [B, N]."""
+    """Entropy (nats) of the CLS->patch attention renormalised over the patches: [N] -> scalar, [B, N] -> [B].
+
+    Uniform attention over N patches gives log N; attention on a single patch gives 0."""
     a = attention.float()
     p = a / a.sum(dim=-1, keepdim=True)
     return -(p * torch.log(p.clamp(min=1e-30))).sum(dim=-1)

@@ -1,0 +1,126 @@
+"""Selection time per pruning method, and `agile` against the per-token loop it replaces.
+
+    python -m llava.pruning.bench_select [--n 576 --k 64 --d 4096 --batch 1 --repeats 20 --device cpu]
+
+Inputs are random stand-ins for LLaVA-1.5-7B's post-projector tokens (N x 4096) and CLS attention, in
+three regimes (see `synthetic_tokens`): `simple` (erank ~60, like the paper's OCR/maths images: many
+tokens within tau of each other, so few survive and the walk scans the whole attention order),
+`complex` (erank ~120, like its cluttered scenes) and `noise` (i.i.d. Gaussian: no two tokens within
+tau, the walk ends after 2k positions). For agile it also reports the speed-up over
+`agile_reference_loop` end to end (both compute the same geometry: erank and cosine distances) and
+for the walk alone on the same geometry, and checks that both give identical indices.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from .agile import agile_from_geometry, agile_reference_from_geometry, agile_reference_loop
+from .methods import token_geometry
+from .metrics import effective_rank
+from .registry import DEFAULT_OPTIONS, METHODS
+from .select import prune_visual_tokens, select_visual_tokens
+
+REGIMES = ("simple", "complex", "noise")
+SPECTRUM = {"simple": 1.6, "complex": 1.0}  # power-law decay of the structured part: erank ~60 / ~120 at 576 x 4096
+
+
+def synthetic_tokens(regime, batch=1, n=576, d=4096, seed=0, device="cpu"):
+    """(features [B, N, D], attention [B, N]) for one regime, reproducible from `seed`.
+
+    simple / complex: a shared mean direction (norm 0.5, so cosine distances spread over about 0.2-1
+    as they do between real post-projector tokens) + a rank-min(256, N, D) part with singular values
+    i^-alpha (alpha 1.6 / 1.0) scaled to unit mean norm + small isotropic noise (norm 0.05). noise:
+    i.i.d. Gaussian tokens. Attention: softmax(2 * Gaussian), a peaked CLS row summing to 1."""
+    g = torch.Generator().manual_seed(seed)
+    if regime == "noise":
+        feats = torch.randn(batch, n, d, generator=g)
+    elif regime in SPECTRUM:
+        r = min(256, n, d)
+        spectrum = torch.arange(1, r + 1, dtype=torch.float32) ** -SPECTRUM[regime]
+        basis = torch.linalg.qr(torch.randn(d, r, generator=g))[0]  # [d, r] orthonormal columns
+        structured = (torch.randn(batch, n, r, generator=g) * spectrum) @ basis.T
+        structured = structured / structured.norm(dim=-1).mean(dim=-1)[:, None, None]
+        mean = torch.randn(d, generator=g)
+        feats = structured + 0.5 * mean / mean.norm() + 0.05 * torch.randn(batch, n, d, generator=g) / d ** 0.5
+    else:
+        raise ValueError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
+    attention = torch.softmax(2 * torch.randn(batch, n, generator=g), dim=-1)
+    return feats.to(device), attention.to(device)
+
+
+def timed(fn, repeats, device):
+    """(last output, median ms) over `repeats` runs after one warm-up."""
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return out, statistics.median(times) * 1e3
+
+
+def method_table(inputs, k, repeats, device):
+    """Markdown rows: median ms per method and regime (visionzip: prune_visual_tokens on the same features)."""
+    lines = [f"| method | {' | '.join(f'{r} (ms)' for r in inputs)} |", "|---|" + "---|" * len(inputs)]
+    for m, spec in METHODS.items():
+        if spec.in_llm or spec.keeps_all:
+            continue
+        call = prune_visual_tokens if spec.merges else select_visual_tokens
+        cells = [f"{timed(lambda: call(m, f, a, k), repeats, device)[1]:.2f}" for f, a in inputs.values()]
+        lines.append(f"| {m} | {' | '.join(cells)} |")
+    return lines
+
+
+def agile_comparison(inputs, k, repeats, device):
+    """Lines: agile vs agile_reference_loop, end to end and the walk alone, with an identity check."""
+    lines = []
+    loop_repeats = max(1, min(repeats, 5))
+    for regime, (f, a) in inputs.items():
+        fast, t_fast = timed(lambda: select_visual_tokens("agile", f, a, k), repeats, device)
+        slow, t_slow = timed(lambda: agile_reference_loop(f, a, k), loop_repeats, device)
+        dist, erank = token_geometry(f)
+        walk, t_walk = timed(lambda: agile_from_geometry(dist, erank, a, k, **DEFAULT_OPTIONS).sort(-1).values,
+                             repeats, device)
+        ref, t_ref = timed(lambda: agile_reference_from_geometry(dist, erank, a, k, **DEFAULT_OPTIONS),
+                           loop_repeats, device)
+        same = torch.equal(fast, slow) and torch.equal(walk, ref) and torch.equal(fast, walk)
+        fast_stats, loop_stats = {}, {}
+        agile_from_geometry(dist, erank, a, k, stats=fast_stats)
+        agile_reference_from_geometry(dist, erank, a, k, stats=loop_stats)
+        syncs, erank_mean = fast_stats["rounds"] + fast_stats["blocks"], effective_rank(f).mean().item()
+        lines.append(f"  {regime:8s} erank {erank_mean:6.1f} | end to end: agile {t_fast:8.2f} ms, "
+                     f"loop {t_slow:8.2f} ms, speed-up {t_slow / t_fast:5.1f}x | walk alone: {t_walk:7.3f} ms vs "
+                     f"{t_ref:7.3f} ms, speed-up {t_ref / t_walk:5.1f}x | host syncs {syncs} vs {loop_stats['syncs']} "
+                     f"| identical: {same}")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=576, help="visual tokens per image")
+    parser.add_argument("--k", type=int, default=64, help="tokens kept")
+    parser.add_argument("--d", "--dim", dest="d", type=int, default=4096, help="feature width (LLaVA-1.5-7B: 4096)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated subset of " + ", ".join(REGIMES))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_grad_enabled(False)
+    inputs = {r: synthetic_tokens(r, args.batch, args.n, args.d, seed=i, device=device)
+              for i, r in enumerate(args.regimes.split(","))}
+    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, B={args.batch}, "
+          f"N={args.n}, K={args.k}, D={args.d}, median of {args.repeats} (loops: of {max(1, min(args.repeats, 5))})\n")
+    print("\n".join(method_table(inputs, args.k, args.repeats, device)))
+    print("\nagile (vectorised) vs agile_reference_loop (per-token loop):")
+    print("\n".join(agile_comparison(inputs, args.k, args.repeats, device)))
+
+
+if __name__ == "__main__":
+    main()
