@@ -1,0 +1,1 @@
+"""Evaluation: answer generators with upstream names, scorers and converters, summaries, benchmarks."""

@@ -1,0 +1,392 @@
+"""What every answer generator shares: arguments, chunking, prompts, batched generation, and an
+answer file that is written line by line and resumed after a crash.
+
+Answer files keep upstream's format (`question_id`, `prompt`, `text`, `answer_id`, `model_id`,
+`metadata`), with two changes, both in the README's compatibility notes:
+- a re-run resumes: ids already in the file are skipped, a torn last line (a crash mid-write) is cut
+  off; `--no-resume` starts afresh (upstream always truncates);
+- `answer_id` is derived from the model, question and answer (shortuuid of a name) instead of random,
+  so an interrupted-then-resumed run writes the same file as an uninterrupted one.
+With `--pruning-stats`, `metadata.pruning` holds the image's erank of all and of kept tokens, attention
+entropy, kept token count and pruning time (means over the image's views for LLaVA-1.6).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import shortuuid
+import torch
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.conversation import conv_templates
+from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
+from llava.pruning import PruningConfig, add_pruning_args
+
+
+class EvalInputError(ValueError):
+    """Bad eval input (question file, image, TSV row): the message names the file and line."""
+
+
+# ---- chunking (upstream semantics) -------------------------------------------------------------------
+def split_list(lst, n):
+    """Split a list into n (roughly) equal-sized consecutive chunks."""
+    chunk_size = math.ceil(len(lst) / n)
+    return [lst[i:i + chunk_size] for i in range(0, len(lst), chunk_size)]
+
+
+def get_chunk(lst, n, k):
+    """Chunk k of split_list(lst, n); an empty list when lst has fewer than n items' worth of chunks."""
+    chunks = split_list(lst, n) if lst else []
+    return chunks[k] if k < len(chunks) else []
+
+
+# ---- reading inputs with errors that name the file and line -----------------------------------------
+def read_jsonl(path):
+    """List of dicts from a JSON-lines file; blank lines skipped; a malformed line is an EvalInputError."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Question file not found: {path}")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalInputError(f"{path}:{number}: malformed JSON line ({e.msg})") from None
+            if not isinstance(item, dict):
+                raise EvalInputError(f"{path}:{number}: expected a JSON object, got {type(item).__name__}")
+            out.append(item)
+    return out
+
+
+def read_json(path):
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Question file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise EvalInputError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+
+
+def require(item, keys, where):
+    """The item's values for `keys`, or an EvalInputError naming `where` and the missing key."""
+    missing = [k for k in keys if k not in item]
+    if missing:
+        raise EvalInputError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+    return [item[k] for k in keys]
+
+
+# ---- the answer file ---------------------------------------------------------------------------------
+class AnswerFile:
+    """JSON-lines answers, one flushed line per answer, resumable.
+
+    `key(record)` identifies an answer (question_id; MMBench: question_id and round_id). With resume
+    (the default), existing lines are kept and their keys reported by `done`; a last line without its
+    newline or not valid JSON (a crash mid-write) is cut off. A malformed line elsewhere is an error:
+    that file was not written by us and is not overwritten.
+    """
+
+    def __init__(self, path, key=lambda r: r["question_id"], resume=True):
+        self.path, self.key = os.path.expanduser(path), key
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.done = set()
+        if resume and os.path.exists(self.path):
+            self._load()
+        else:
+            open(self.path, "w").close()
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def _load(self):
+        with open(self.path, "rb") as f:
+            data = f.read()
+        good, offset = 0, 0
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, 1):
+            end = offset + len(line) + 1
+            last = number == len(lines) or (number == len(lines) - 1 and lines[-1] == b"")
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                    if end > len(data):  # no newline after it: torn
+                        raise ValueError
+                    self.done.add(self.key(record))
+                except (ValueError, KeyError, TypeError):
+                    if not last:
+                        raise EvalInputError(f"{self.path}:{number}: not an answer line; move the file away "
+                                             f"or pass --no-resume to overwrite it") from None
+                    break
+            good = min(end, len(data))
+            offset = end
+        if good < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+
+    def write(self, record):
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.flush()
+        self.done.add(self.key(record))
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def answer_record(question_id, prompt, text, model_id, metadata=None, **extra):
+    """One answer line in upstream's format, with a deterministic answer_id."""
+    name = json.dumps([model_id, question_id, extra.get("round_id"), text], ensure_ascii=False)
+    return {"question_id": question_id, "prompt": prompt, "text": text, **extra,
+            "answer_id": shortuuid.uuid(name=name), "model_id": model_id, "metadata": metadata or {}}
+
+
+# ---- arguments and model ------------------------------------------------------------------------------
+def eval_parser(description, question_file="tables/question.jsonl", conv_mode="llava_v1", max_new_tokens=1024,
+                sampling=True, num_workers=0):
+    """Upstream's model_vqa arguments + --device, --max_new_tokens, --batch-size, --num-workers,
+    --no-resume and the pruning flags (the same set in every generator, so scripts can pass one list)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    p.add_argument("--model-base", type=str, default=None)
+    p.add_argument("--image-folder", type=str, default="")
+    p.add_argument("--question-file", type=str, default=question_file)
+    p.add_argument("--answers-file", type=str, default="answer.jsonl")
+    p.add_argument("--conv-mode", type=str, default=conv_mode)
+    p.add_argument("--num-chunks", type=int, default=1)
+    p.add_argument("--chunk-idx", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.2)
+    if sampling:
+        p.add_argument("--top_p", type=float, default=None)
+        p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--vision-tower", type=str, default=None, help="overrides the config's mm_vision_tower")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="prompts per generate call (left-padded; greedy answers equal batch size 1)")
+    p.add_argument("--num-workers", type=int, default=num_workers, help="DataLoader workers loading images")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="overwrite the answers file instead of skipping questions already answered")
+    add_pruning_args(p)
+    return p
+
+
+def check_chunks(args):
+    if getattr(args, "batch_size", 1) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
+        raise ValueError(f"--chunk-idx must be in [0, --num-chunks) with --num-chunks >= 1, "
+                         f"got {args.chunk_idx} of {args.num_chunks}")
+
+
+def load_model(args):
+    """(tokenizer, model, image_processor, model_name, pruning config) from the eval arguments."""
+    from llava.model.builder import load_pretrained_model
+    from llava.utils import disable_torch_init
+
+    disable_torch_init()
+    pruning = PruningConfig.from_args(args)
+    model_path = os.path.expanduser(args.model_path)
+    model_name = get_model_name_from_path(model_path)
+    tokenizer, model, processor, _ = load_pretrained_model(
+        model_path, args.model_base, model_name, device=args.device, vision_tower=args.vision_tower,
+        pruning=pruning if pruning.is_active else None)
+    if pruning.pruning_stats and not pruning.is_active:
+        model.set_pruning(pruning)
+    return tokenizer, model, processor, model_name, pruning
+
+
+def plain_mmtag(conv_mode, model_name):
+    """Upstream: a pretrain-only ('plain', not 'finetune') model uses the _mmtag variant of the template."""
+    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode:
+        return conv_mode + "_mmtag"
+    return conv_mode
+
+
+def image_prompt(text, model_config):
+    """The question with the image token in front, as upstream's generators do."""
+    if getattr(model_config, "mm_use_im_start_end", False):
+        return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n" + text
+    return DEFAULT_IMAGE_TOKEN + "\n" + text
+
+
+def full_prompt(question, conv_mode):
+    """The conversation prompt with one user turn `question` and an open assistant turn."""
+    if conv_mode not in conv_templates:
+        raise ValueError(f"Unknown --conv-mode {conv_mode!r}; choose from {', '.join(sorted(conv_templates))}")
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def prompt_ids(prompt, tokenizer):
+    return tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+
+
+def to_model(images, model):
+    """Pixels (a tensor or a list of per-image tensors) on the model's device and dtype."""
+    param = model.get_input_embeddings().weight
+    if images is None:
+        return None
+    if isinstance(images, list):
+        return [img.to(param.device, dtype=param.dtype) for img in images]
+    return images.to(param.device, dtype=param.dtype)
+
+
+@torch.inference_mode()
+def generate_answers(model, tokenizer, id_rows, images, image_sizes, args):
+    """Answers (stripped strings) for a batch of prompts: id_rows a list of 1-D id tensors (with
+    IMAGE_TOKEN_INDEX), images the pixels for them (or None). Several rows are left-padded, and the
+    model re-pads its spliced embeddings on the left, so greedy answers equal batch-size-1 answers."""
+    device = model.get_input_embeddings().weight.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+    longest = max(r.shape[0] for r in id_rows)
+    input_ids = torch.full((len(id_rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(id_rows), longest, dtype=torch.long)
+    for i, row in enumerate(id_rows):
+        input_ids[i, longest - row.shape[0]:], mask[i, longest - row.shape[0]:] = row, 1
+    do_sample = args.temperature > 0
+    sampling = {"temperature": args.temperature, "top_p": getattr(args, "top_p", None)} if do_sample \
+        else {"temperature": None, "top_p": None}
+    side = getattr(model.config, "tokenizer_padding_side", "right")
+    model.config.tokenizer_padding_side = "left"
+    try:
+        out = model.generate(input_ids.to(device), attention_mask=mask.to(device), images=to_model(images, model),
+                             image_sizes=image_sizes, do_sample=do_sample, num_beams=getattr(args, "num_beams", 1),
+                             max_new_tokens=args.max_new_tokens, use_cache=True, pad_token_id=pad_id, **sampling)
+    finally:
+        model.config.tokenizer_padding_side = side
+    return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def take_pruning_stats(model, views_per_image):
+    """Per image, the mean of its pruning records (erank_all, erank_kept, attention_entropy), the sum of
+    pruning_time_s and kept token count; then clears model.pruning_records. views_per_image: records
+    expected per image (1, or the number of views with per-view scope). [] when nothing was recorded."""
+    records = getattr(model, "pruning_records", None) or []
+    out, start = [], 0
+    if len(records) != sum(views_per_image):  # nothing recorded (K >= N) or not attributable per image
+        records.clear()
+        return [{} for _ in views_per_image]
+    for n in views_per_image:
+        group, start = records[start:start + n], start + n
+        stats = {}
+        for key in ("erank_all", "erank_kept", "attention_entropy"):
+            values = [r[key] for r in group if r.get(key) is not None]
+            stats[key] = sum(values) / len(values) if values else None
+        kept = [len(r["kept_indices"]) for r in group if r.get("kept_indices") is not None]
+        stats["kept_tokens"] = sum(kept) if kept else None  # None: merged tokens (visionzip) have no index
+        stats["pruning_time_s"] = sum(r["pruning_time_s"] for r in group)
+        out.append({"pruning": stats})
+    records.clear()
+    return out
+
+
+def views_per_image(images, pruning):
+    """How many pruning records each image produces (see take_pruning_stats)."""
+    if images is None:
+        return []
+    counts = [img.shape[0] if img.ndim == 4 else 1 for img in images] if isinstance(images, list) or images.ndim == 5 \
+        else [1] * images.shape[0]
+    if pruning.budget_scope == "global":
+        return [1] * len(counts)
+    return counts
+
+
+def run_main(main, argv=None, parser=None):
+    """Run an entry point; bad input exits with a one-line error (code 2) instead of a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (FileNotFoundError, EvalInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---- the shared question loop ----------------------------------------------------------------------------
+class QuestionDataset(torch.utils.data.Dataset):
+    """Items -> (prompt ids, pixels or None, image size or None, item). An item is a dict with
+    `question` (the user turn, image token included where there is an image) and either `image_file`
+    (a path), `load_image` (a callable returning a PIL image) or neither (text only). Errors are
+    returned, not raised, so a DataLoader worker hands the clean message to the main process."""
+
+    def __init__(self, items, tokenizer, image_processor, model_config, conv_mode):
+        self.items, self.tokenizer, self.processor = items, tokenizer, image_processor
+        self.config, self.conv_mode = model_config, conv_mode
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        from llava.mm_utils import load_image, process_images
+
+        item = self.items[index]
+        try:
+            image = None
+            if item.get("image_file") is not None:
+                image = load_image(item["image_file"])
+            elif item.get("load_image") is not None:
+                image = item["load_image"]()
+            pixels = None if image is None else process_images([image], self.processor, self.config)[0]
+            ids = prompt_ids(full_prompt(item["question"], self.conv_mode), self.tokenizer)
+            return ids, pixels, None if image is None else image.size, item
+        except (FileNotFoundError, ValueError, OSError) as e:
+            return e
+
+
+def _collate(batch):
+    return batch
+
+
+def answer_questions(items, args, model, tokenizer, processor, model_name, conv_mode, answers,
+                     batch_size=1, num_workers=0, desc="answering"):
+    """Answer every item not yet in `answers` (an AnswerFile), writing each line as it comes.
+
+    Each item: key (the AnswerFile key), question_id, prompt (written as "prompt"), question, image
+    source (see QuestionDataset), extra (more answer fields, e.g. MMBench's round_id). Items without
+    an image are answered one at a time (as upstream's ScienceQA text-only questions)."""
+    from tqdm import tqdm
+
+    from llava.pruning import METHODS
+
+    pruning = model.pruning_config
+    if batch_size > 1 and pruning.is_active and METHODS[pruning.method].in_llm:
+        raise ValueError(f"--pruning-method {pruning.method} needs --batch-size 1 (it prunes unpadded prompts only)")
+    todo = [it for it in items if it["key"] not in answers.done]
+    if len(todo) < len(items):
+        print(f"resuming {answers.path}: {len(items) - len(todo)} of {len(items)} already answered", file=sys.stderr)
+    dataset = QuestionDataset(todo, tokenizer, processor, model.config, conv_mode)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_collate)
+    with tqdm(total=len(todo), desc=desc, disable=None) as bar:
+        for batch in loader:
+            for entry in batch:
+                if isinstance(entry, Exception):
+                    raise entry
+            with_image = [e for e in batch if e[1] is not None]
+            groups = [batch] if len(with_image) in (0, len(batch)) else [[e] for e in batch]
+            for group in groups:
+                pixels = [e[1] for e in group]
+                if pixels[0] is None:
+                    images, sizes = None, None
+                elif all(isinstance(p, torch.Tensor) and p.shape == pixels[0].shape for p in pixels):
+                    images, sizes = torch.stack(pixels), [e[2] for e in group]
+                else:
+                    images, sizes = pixels, [e[2] for e in group]
+                texts = generate_answers(model, tokenizer, [e[0] for e in group], images, sizes, args)
+                stats = take_pruning_stats(model, views_per_image(images, pruning)) if images is not None \
+                    else [{} for _ in group]
+                for (_, _, _, item), text, meta in zip(group, texts, stats):
+                    answers.write(answer_record(item["question_id"], item["prompt"], text, model_name, meta,
+                                                **item.get("extra", {})))
+                bar.update(len(group))
