@@ -1,0 +1,1 @@
+"""A tiny LLaVA testbed: a synthetic world of coloured shapes (simple and complex regimes)."""

@@ -1,0 +1,205 @@
+"""Generate the synthetic shapes world: training data (upstream LLaVA format) and eval sets.
+
+    python -m llava.testbed.generate --out DIR --seed 0 [--train-images 6000 --eval-images 100]
+
+Writes
+  DIR/train/images/*.png, DIR/train/pretrain.json (stage 1: caption per image, for the `plain` template),
+  DIR/train/finetune.json (stage 2: multi-turn questions of every type, `v1` template),
+  DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
+  DIR/eval/<simple|complex>/ for each regime:
+    images/*.png, scenes.jsonl (the truth about each picture),
+    pope/llava_pope_test.jsonl + pope/coco/coco_pope_{random,popular,adversarial}.json (POPE format:
+      existence questions with random, popular and adversarial negatives),
+    vqa/questions.jsonl + vqa/truth.jsonl (colour, counting, position, reading: model_vqa_loader format,
+      `category` = the question type; scored by llava.testbed.score),
+    chair/questions.jsonl + chair/objects.json ("Describe the image." and the objects present, for CHAIR).
+Everything is a function of --seed. Training images come from both regimes (half each).
+"""
+import argparse
+import json
+import os
+import random
+from collections import Counter
+
+from llava.testbed.world import (COLOURS, NUMBER_WORDS, SHAPES, article, caption, count_phrase, plural, render,
+                                 sample_scene)
+
+SHORT = "\nAnswer the question using a single word or phrase."
+ALL_NAMES = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+DESCRIBE = "Describe the image."
+
+
+# ---- questions with their true answers ---------------------------------------------------------------------
+def existence(scene, rng, split, popular):
+    """POPE-style (name, "yes"/"no") pairs: up to 3 present objects and as many absent ones, the absent
+    ones drawn at random (random), by dataset frequency (popular) or sharing a shape or colour with a
+    present object (adversarial)."""
+    present = scene.names()
+    positives = rng.sample(present, min(3, len(present)))
+    absent = [n for n in ALL_NAMES if n not in present]
+    k = max(1, len(positives))
+    if split == "random":
+        negatives = rng.sample(absent, k)
+    elif split == "popular":
+        negatives = [n for n in popular if n not in present][:k]
+    elif split == "adversarial":
+        shapes, colours = {n.split()[1] for n in present}, {n.split()[0] for n in present}
+        close = [n for n in absent if n.split()[1] in shapes or n.split()[0] in colours]
+        rng.shuffle(close)
+        negatives = (close + [n for n in absent if n not in close])[:k]
+    else:
+        raise ValueError(split)
+    pairs = [(n, "yes") for n in positives] + [(n, "no") for n in negatives]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def existence_text(name):
+    return f"Is there {article(name)} {name} in the image?"
+
+
+def vqa_questions(scene, rng):
+    """[(type, question, answer)] about colour, counting, relative position and reading."""
+    out = []
+    if scene.word:
+        out.append(("reading", "What is written in the image?", scene.word.lower()))
+        out.append(("counting", "How many shapes are there in the image?", "0"))
+        return out
+    by_shape = Counter(o.shape for o in scene.objects)
+    unique = [o for o in scene.objects if by_shape[o.shape] == 1]
+    for o in rng.sample(unique, min(2, len(unique))):
+        out.append(("colour", f"What colour is the {o.shape}?", o.colour))
+    shapes = rng.sample(SHAPES, 2)
+    for s in shapes:
+        out.append(("counting", f"How many {plural(s)} are there in the image?", str(by_shape[s])))
+    if scene.regime == "simple":
+        out.append(("counting", "How many shapes are there in the image?", str(len(scene.objects))))
+    named = [o for o in scene.objects if sum(p.name == o.name for p in scene.objects) == 1]
+    pairs = [(a, b) for a in named for b in named if a is not b and abs(a.centre[0] - b.centre[0]) > 30]
+    if pairs:
+        a, b = rng.choice(pairs)
+        answer = "yes" if a.centre[0] < b.centre[0] else "no"
+        out.append(("position", f"Is the {a.name} to the left of the {b.name}?", answer))
+    return out
+
+
+def describe_answer(scene):
+    return caption(scene)
+
+
+# ---- training data ------------------------------------------------------------------------------------------
+def training_conversation(scene, rng):
+    """A multi-turn instruction conversation (2 to 4 turns) mixing every question type."""
+    turns = []
+    for name, answer in existence(scene, rng, "random", None)[:2]:
+        turns.append((existence_text(name) + SHORT, answer.capitalize()))
+    for _, q, a in vqa_questions(scene, rng):
+        turns.append((q + SHORT, a.capitalize() if a.isalpha() else a))
+    if scene.objects:
+        n = len(scene.objects)
+        turns.append(("How many objects are there in total?" + SHORT, str(n)))
+        turns.append((DESCRIBE, describe_answer(scene)))
+    rng.shuffle(turns)
+    turns = turns[:rng.randint(2, 4)]
+    conv = []
+    for i, (q, a) in enumerate(turns):
+        if i == 0:
+            q = "<image>\n" + q if rng.random() < 0.8 else q + "\n<image>"
+        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return conv
+
+
+def popular_names(scenes):
+    counts = Counter(n for s in scenes for n in s.names())
+    return [n for n, _ in counts.most_common()] + [n for n in ALL_NAMES if n not in counts]
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+
+
+def generate_train(out, n, rng):
+    images = os.path.join(out, "train", "images")
+    os.makedirs(images, exist_ok=True)
+    pretrain, finetune, tower = [], [], []
+    for i in range(n):
+        regime = "simple" if i % 2 == 0 else "complex"
+        scene = sample_scene(rng, regime)
+        name = f"{i:06d}.png"
+        render(scene).save(os.path.join(images, name))
+        pretrain.append({"id": f"tb{i:06d}", "image": name, "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption(scene)}]})
+        finetune.append({"id": f"tb{i:06d}", "image": name, "conversations": training_conversation(scene, rng)})
+        tower.append({"image": name, **scene.to_dict()})
+    write_json(os.path.join(out, "train", "pretrain.json"), pretrain)
+    write_json(os.path.join(out, "train", "finetune.json"), finetune)
+    write_jsonl(os.path.join(out, "train", "tower.jsonl"), tower)
+
+
+def generate_eval(out, regime, n, rng):
+    root = os.path.join(out, "eval", regime)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    scenes = [sample_scene(rng, regime) for _ in range(n)]
+    names = [f"{regime}_{i:04d}.png" for i in range(n)]
+    for scene, name in zip(scenes, names):
+        render(scene).save(os.path.join(root, "images", name))
+    write_jsonl(os.path.join(root, "scenes.jsonl"), [{"image": nm, **s.to_dict()} for s, nm in zip(scenes, names)])
+    popular = popular_names(scenes)
+    pope, qid = [], 0
+    for split in ("adversarial", "popular", "random"):
+        labels = []
+        for scene, name in zip(scenes, names):
+            for obj, answer in existence(scene, rng, split, popular):
+                text = existence_text(obj)
+                pope.append({"question_id": qid, "image": name, "text": text + SHORT, "category": split})
+                labels.append({"question_id": qid, "image": name, "text": text, "label": answer})
+                qid += 1
+        write_jsonl(os.path.join(root, "pope", "coco", f"coco_pope_{split}.json"), labels)
+    write_jsonl(os.path.join(root, "pope", "llava_pope_test.jsonl"), pope)
+    questions, truth = [], []
+    for scene, name in zip(scenes, names):
+        for kind, q, a in vqa_questions(scene, rng):
+            questions.append({"question_id": len(questions), "image": name, "text": q + SHORT, "category": kind})
+            truth.append({"question_id": len(truth), "type": kind, "answer": a})
+    write_jsonl(os.path.join(root, "vqa", "questions.jsonl"), questions)
+    write_jsonl(os.path.join(root, "vqa", "truth.jsonl"), truth)
+    write_jsonl(os.path.join(root, "chair", "questions.jsonl"),
+                [{"question_id": i, "image_id": i, "image": nm, "text": DESCRIBE} for i, nm in enumerate(names)])
+    write_json(os.path.join(root, "chair", "objects.json"), {str(i): s.names() for i, s in enumerate(scenes)})
+    return scenes
+
+
+def generate(out, seed=0, train_images=6000, eval_images=100):
+    """Write the whole world under `out` (see the module docstring)."""
+    rng = random.Random(seed)
+    generate_train(out, train_images, random.Random(rng.randint(0, 2**31)))
+    for regime in ("simple", "complex"):
+        generate_eval(out, regime, eval_images, random.Random(rng.randint(0, 2**31)))
+    with open(os.path.join(out, "world.json"), "w") as f:
+        json.dump({"seed": seed, "train_images": train_images, "eval_images": eval_images, "shapes": SHAPES,
+                   "colours": list(COLOURS), "number_words": NUMBER_WORDS[:3]}, f)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-images", type=int, default=6000)
+    p.add_argument("--eval-images", type=int, default=100, help="per regime")
+    args = p.parse_args(argv)
+    generate(args.out, args.seed, args.train_images, args.eval_images)
+    print(f"testbed world written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The synthetic shapes world: scenes, pictures and questions agree; the regimes differ as intended."""
+import filecmp
+import json
+import os
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from llava.testbed import generate as gen
+from llava.testbed import score
+from llava.testbed.world import COLOURS, SIZE, render, sample_scene
+
+
+def rows(path):
+    with open(path) as f:
+        return [json.loads(x) for x in f if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return gen.generate(str(tmp_path_factory.mktemp("world")), seed=3, train_images=12, eval_images=16)
+
+
+def test_same_seed_same_world(world, tmp_path):
+    again = gen.generate(str(tmp_path / "w"), seed=3, train_images=12, eval_images=16)
+    for rel in ("train/finetune.json", "eval/complex/vqa/truth.jsonl", "eval/simple/pope/llava_pope_test.jsonl",
+                "eval/complex/images/complex_0003.png"):
+        assert filecmp.cmp(os.path.join(world, rel), os.path.join(again, rel), shallow=False), rel
+
+
+def test_regimes_follow_their_definitions():
+    rng = random.Random(0)
+    for _ in range(60):
+        s = sample_scene(rng, "simple")
+        assert (s.word is not None and not s.objects) or (s.word is None and 1 <= len(s.objects) <= 2)
+        c = sample_scene(rng, "complex")
+        assert 6 <= len(c.objects) <= 15 and c.word is None
+        for scene in (s, c):
+            boxes = [o.box for o in scene.objects]
+            assert all(0 <= b[0] < b[2] <= SIZE and 0 <= b[1] < b[3] <= SIZE for b in boxes)
+            for i, a in enumerate(boxes):  # objects never overlap
+                for b in boxes[i + 1:]:
+                    assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_pictures_show_the_scene():
+    rng = random.Random(1)
+    for regime in ("simple", "complex"):
+        for _ in range(10):
+            scene = sample_scene(rng, regime)
+            image = render(scene)
+            assert image.size == (336, 336)
+            for obj in scene.objects:  # the centre pixel of every object has the object's colour
+                x, y = obj.centre
+                assert image.getpixel((int(x), int(y) + 2)) == COLOURS[obj.colour], obj
+
+
+def test_answers_are_true_of_the_scenes(world):
+    for regime in ("simple", "complex"):
+        root = os.path.join(world, "eval", regime)
+        scenes = {s["image"]: s for s in rows(os.path.join(root, "scenes.jsonl"))}
+        questions = {q["question_id"]: q for q in rows(os.path.join(root, "vqa", "questions.jsonl"))}
+        for t in rows(os.path.join(root, "vqa", "truth.jsonl")):
+            q = questions[t["question_id"]]
+            objects = scenes[q["image"]]["objects"]
+            assert q["category"] == t["type"]
+            text = q["text"].split("\n")[0]
+            if t["type"] == "counting" and "shapes" in text:
+                assert t["answer"] == str(len(objects))
+            elif t["type"] == "counting":
+                shape = text.split("How many ")[1].split(" are")[0]
+                assert t["answer"] == str(sum(shape in (o["shape"] + "s", o["shape"] + "es") for o in objects))
+            elif t["type"] == "colour":
+                shape = text.split("the ")[1].rstrip("?")
+                (match,) = [o for o in objects if o["shape"] == shape]  # asked only about unique shapes
+                assert t["answer"] == match["colour"]
+            elif t["type"] == "position":
+                a, b = text[len("Is the "):-1].split(" to the left of the ")
+                (oa,) = [o for o in objects if f"{o['colour']} {o['shape']}" == a]
+                (ob,) = [o for o in objects if f"{o['colour']} {o['shape']}" == b]
+                left = (oa["box"][0] + oa["box"][2]) < (ob["box"][0] + ob["box"][2])
+                assert t["answer"] == ("yes" if left else "no")
+            else:
+                assert t["answer"] == scenes[q["image"]]["word"].lower()
+        for split in ("random", "popular", "adversarial"):
+            labels = rows(os.path.join(root, "pope", "coco", f"coco_pope_{split}.json"))
+            assert {x["label"] for x in labels} == {"yes", "no"}
+            for x in labels:
+                names = {f"{o['colour']} {o['shape']}" for o in scenes[x["image"]]["objects"]}
+                name = re.fullmatch(r"Is there an? (.+) in the image\?", x["text"]).group(1)
+                assert (name in names) == (x["label"] == "yes")
+
+
+def test_pope_questions_pair_with_labels_in_order(world):
+    root = os.path.join(world, "eval", "complex", "pope")
+    questions = rows(os.path.join(root, "llava_pope_test.jsonl"))
+    for split in ("random", "popular", "adversarial"):
+        labels = rows(os.path.join(root, "coco", f"coco_pope_{split}.json"))
+        mine = [q for q in questions if q["category"] == split]
+        assert [q["question_id"] for q in mine] == [x["question_id"] for x in labels]
+
+
+def test_training_data_is_in_upstream_format(world):
+    pre = json.load(open(os.path.join(world, "train", "pretrain.json")))
+    fine = json.load(open(os.path.join(world, "train", "finetune.json")))
+    assert len(pre) == len(fine) == 12
+    for item in pre + fine:
+        conv = item["conversations"]
+        assert [c["from"] for c in conv] == ["human", "gpt"] * (len(conv) // 2)
+        assert sum("<image>" in c["value"] for c in conv) == 1 and "<image>" in conv[0]["value"]
+        assert os.path.isfile(os.path.join(world, "train", "images", item["image"]))
+
+
+def _patch_erank(image):
+    from llava.pruning.metrics import effective_rank
+
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)  # [336, 336, 3]
+    patches = x.view(24, 14, 24, 14, 3).permute(0, 2, 1, 3, 4).reshape(576, -1)
+    return float(effective_rank(patches))
+
+
+def test_complex_pictures_have_higher_effective_rank():
+    """The regimes differ in the quantity AgilePruner adapts to (here on raw patch pixels)."""
+    rng = random.Random(5)
+    simple = [_patch_erank(render(sample_scene(rng, "simple"))) for _ in range(8)]
+    complex_ = [_patch_erank(render(sample_scene(rng, "complex"))) for _ in range(8)]
+    assert max(simple) < min(complex_)
+
+
+def test_vqa_scoring_normalises_answers(tmp_path):
+    truth = [{"question_id": 0, "type": "counting", "answer": "2"},
+             {"question_id": 1, "type": "colour", "answer": "red"},
+             {"question_id": 2, "type": "existence", "answer": "yes"},
+             {"question_id": 3, "type": "colour", "answer": "blue"}]
+    answers = [{"question_id": 0, "text": "Two"}, {"question_id": 1, "text": "Red."},
+               {"question_id": 2, "text": "Yes"}, {"question_id": 3, "text": "green"}]
+    s = score.vqa_accuracy(truth, answers)
+    assert s["counting"] == 100.0 and s["colour"] == 50.0 and s["all"] == 75.0
+    with pytest.raises(ValueError, match="question 3 has no answer"):
+        score.vqa_accuracy(truth, answers[:3])
+
+
+def test_chair_on_shape_captions():
+    objects = {"0": ["red circle", "blue square"], "1": ["green star"]}
+    caps = [{"question_id": 0, "text": "Two red circles and a blue square."},
+            {"question_id": 1, "text": "A green star next to a yellow triangle."}]
+    s = score.chair(objects, caps)
+    assert s["chair_s"] == 50.0
+    assert s["chair_i"] == pytest.approx(100 / 4)  # 4 mentions, 1 hallucinated
+    assert s["recall"] == 100.0
+
+
+def test_score_cli_writes_per_type_score_files(tmp_path):
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text('{"question_id": 0, "type": "colour", "answer": "red"}\n'
+                     '{"question_id": 1, "type": "counting", "answer": "3"}\n')
+    ans = tmp_path / "a.jsonl"
+    ans.write_text('{"question_id": 0, "text": "red"}\n{"question_id": 1, "text": "4"}\n')
+    assert score.main(["vqa", "--truth", str(truth), "--result-file", str(ans), "--score-dir", str(tmp_path / "e"),
+                       "--ckpt", "c", "--method", "agile", "--k", "64"]) == 0
+    colour = json.load(open(tmp_path / "e" / "colour" / "scores" / "c" / "agile" / "k64.json"))
+    counting = json.load(open(tmp_path / "e" / "counting" / "scores" / "c" / "agile" / "k64.json"))
+    assert colour["score"] == 100.0 and counting["score"] == 0.0
