@@ -395,7 +395,7 @@ def safe_save_model_for_hf_trainer(trainer, output_dir):
         else:
             save_projector(model, output_dir, getattr(args, "use_im_start_end", False))
         return
-    if trainer.is_deepspeed_enabled:
+    if trainer.is_deepspeed_enabled and torch.cuda.is_available():  # DeepSpeed also runs on CPU
         torch.cuda.synchronize()
     trainer.save_model(output_dir)
     copy_tokenizer_model(trainer, output_dir)
