@@ -622,15 +622,17 @@ def plot(report, path):
               file=sys.stderr)
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    methods = dict.fromkeys(r["method"] for r in report["results"])
+    methods = dict.fromkeys(r["method"] for r in report["results"] if r["method"] != "none")
     for m in methods:
-        rows = [r for r in report["results"] if r["method"] == m]
-        ks = [r["visual_tokens_in_llm"] for r in rows]
-        for ax, key in zip(axes[:2], ("prefill", "ttft")):
-            ax.plot(ks, [r["stats"][key]["median"] for r in rows], "o-" if len(rows) > 1 else "o", label=m)
-        axes[2].plot(ks, [r["kv_cache_bytes"] / 2**20 for r in rows], "o-" if len(rows) > 1 else "o", label=m)
-    for ax, title in zip(axes, ("prefill ms", "time to first token ms", "KV cache MB")):
-        ax.set_xlabel("visual tokens in the LLM (after the pruning layer)")
+        rows = sorted((r for r in report["results"] if r["method"] == m), key=lambda r: r["k"] or 0)
+        ks, style = [r["k"] for r in rows], "o-" if len(rows) > 1 else "o"
+        line = axes[0].plot(ks, [r["prefill_speedup"] for r in rows], style, label=m)[0]
+        axes[0].plot(ks, [r["ideal_speedup"] for r in rows], ":", color=line.get_color(), alpha=0.6)
+        axes[1].plot(ks, [r["stats"]["ttft"]["median"] for r in rows], style, label=m)
+        axes[2].plot(ks, [r["kv_cache_bytes"] / 2**20 for r in rows], style, label=m)
+    for ax, title in zip(axes, ("prefill speed-up over none (dotted: ideal from FLOPs)", "time to first token ms",
+                                "KV cache MB")):
+        ax.set_xlabel("K (visual tokens per image)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend()
