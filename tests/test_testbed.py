@@ -164,3 +164,41 @@ def test_score_cli_writes_per_type_score_files(tmp_path):
     colour = json.load(open(tmp_path / "e" / "colour" / "scores" / "c" / "agile" / "k64.json"))
     counting = json.load(open(tmp_path / "e" / "counting" / "scores" / "c" / "agile" / "k64.json"))
     assert colour["score"] == 100.0 and counting["score"] == 0.0
+
+
+def test_patch_labels_mark_the_objects():
+    from llava.testbed.tower import GRID, patch_labels
+    from llava.testbed.world import SHAPES
+
+    rng = random.Random(2)
+    for regime in ("simple", "complex"):
+        scene = sample_scene(rng, regime)
+        while not scene.objects:  # a printed word: no object labels
+            scene = sample_scene(rng, regime)
+        colour, shape = patch_labels(scene)
+        for obj in scene.objects:
+            x, y = obj.centre
+            p = int(y + 2) // 14 * GRID + int(x) // 14
+            if (14 * (p % GRID) + 7 - x) ** 2 + (14 * (p // GRID) + 7 - y) ** 2 < 16:  # patch centre near object's
+                assert colour[p] == 1 + list(COLOURS).index(obj.colour) and shape[p] == 1 + SHAPES.index(obj.shape)
+        assert (colour > 0).sum() == (shape > 0).sum() > 0
+        if regime == "simple":  # large objects cover many patches, the border none
+            assert (colour > 0).sum() >= 20 and colour.view(GRID, GRID)[0].sum() == 0
+
+
+def test_tower_training_runs_and_saves_a_loadable_clip_tower(tmp_path):
+    from types import SimpleNamespace
+
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+    from llava.testbed.tower import pixels, train_tower
+
+    out = str(tmp_path / "tower")
+    torch.manual_seed(0)
+    train_tower(out, steps=2, batch_size=2, width=32, layers=2, log_every=1)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(os.listdir(out))
+    log = json.load(open(os.path.join(out, "training_log.json")))["log"]
+    assert len(log) == 2 and all(np.isfinite(e["loss"]) for e in log)
+    tower = CLIPVisionTower(out, SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
+    x = pixels(render(sample_scene(random.Random(0), "complex")))[None]
+    feats, attn = tower(x, output_attentions=True)
+    assert feats.shape == (1, 576, 32) and attn.shape == (1, 576)

@@ -1,0 +1,183 @@
+"""Train the testbed's tiny CLIP-style vision tower on the shapes world, and save it in the CLIP layout.
+
+    python -m llava.testbed.tower --out checkpoints/testbed-clip --steps 3000 [--batch-size 32 --seed 0]
+
+The tower is a transformers CLIPVisionModel with the real 336 px / patch-14 geometry (576 patch
+tokens + CLS), small widths. Objectives, on pictures drawn fresh every step from both regimes:
+- on the CLS token of the last layer (pooled output), which shapes-and-colours are present (multi-label,
+  36 pairs), how many objects there are (0..15) and which word or number is printed (or none): so the
+  CLS token becomes a real summary of the picture and its attention row learns where the objects are;
+- on every patch token of the select layer (-2, the features LLaVA uses), the colour and the shape of
+  the object under the patch centre (or background): so the tokens the LLM receives carry what is
+  where.
+Saved with config.json, model.safetensors and preprocessor_config.json (the CLIP-336 preprocessing),
+so `--vision_tower DIR` works for training and loading. The heads are not saved.
+"""
+import argparse
+import json
+import os
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from llava.testbed.world import COLOURS, NUMBERS, SHAPES, SIZE, WORDS, _polygon, render, sample_scene
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PAIRS = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+TEXTS = list(WORDS + NUMBERS)
+GRID = SIZE // 14
+
+
+def tower_config(hidden=192, layers=6, heads=6, intermediate=768):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=SIZE, patch_size=14, projection_dim=hidden,
+                            hidden_act="quick_gelu")
+
+
+def pixels(image):
+    """A 336 px PIL image -> normalised [3, 336, 336] (what CLIPImageProcessor does at this size)."""
+    import numpy as np
+
+    x = torch.from_numpy(np.asarray(image, dtype="float32") / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+
+def patch_labels(scene):
+    """(colour [576], shape [576]) class per patch: 0 background, else 1 + index, from the object under
+    the patch centre (drawn as an id map the way the picture is drawn)."""
+    ids = Image.new("L", (SIZE, SIZE), 0)
+    draw = ImageDraw.Draw(ids)
+    for i, obj in enumerate(scene.objects, start=1):
+        if obj.shape == "circle":
+            draw.ellipse(obj.box, fill=i)
+        elif obj.shape == "square":
+            draw.rectangle(obj.box, fill=i)
+        else:
+            draw.polygon(_polygon(obj.shape, obj.box), fill=i)
+    colour, shape = torch.zeros(GRID * GRID, dtype=torch.long), torch.zeros(GRID * GRID, dtype=torch.long)
+    colours = list(COLOURS)
+    for p in range(GRID * GRID):
+        v = ids.getpixel((14 * (p % GRID) + 7, 14 * (p // GRID) + 7))
+        if v:
+            obj = scene.objects[v - 1]
+            colour[p], shape[p] = 1 + colours.index(obj.colour), 1 + SHAPES.index(obj.shape)
+    return colour, shape
+
+
+def batch(rng, size):
+    """One training batch drawn from both regimes: pixels and every label."""
+    xs, present, count, text, pcol, pshape = [], [], [], [], [], []
+    for i in range(size):
+        scene = sample_scene(rng, "simple" if i % 2 == 0 else "complex")
+        xs.append(pixels(render(scene)))
+        p = torch.zeros(len(PAIRS))
+        for o in scene.objects:
+            p[PAIRS.index(o.name)] = 1.0
+        present.append(p)
+        count.append(len(scene.objects))
+        text.append(TEXTS.index(scene.word) + 1 if scene.word else 0)
+        c, s = patch_labels(scene)
+        pcol.append(c)
+        pshape.append(s)
+    return (torch.stack(xs), torch.stack(present), torch.tensor(count), torch.tensor(text), torch.stack(pcol),
+            torch.stack(pshape))
+
+
+class TowerWithHeads(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        from transformers import CLIPVisionModel
+
+        self.tower = CLIPVisionModel(config)
+        h = config.hidden_size
+        self.present = torch.nn.Linear(h, len(PAIRS))
+        self.count = torch.nn.Linear(h, 16)
+        self.text = torch.nn.Linear(h, len(TEXTS) + 1)
+        self.patch_colour = torch.nn.Linear(h, len(COLOURS) + 1)
+        self.patch_shape = torch.nn.Linear(h, len(SHAPES) + 1)
+
+    def forward(self, x):
+        out = self.tower(pixel_values=x, output_hidden_states=True)
+        cls = out.pooler_output
+        patches = out.hidden_states[-2][:, 1:]
+        return (self.present(cls), self.count(cls), self.text(cls), self.patch_colour(patches),
+                self.patch_shape(patches))
+
+
+def losses(model, data):
+    x, present, count, text, pcol, pshape = data
+    p, c, t, pc, ps = model(x)
+    parts = {"present": F.binary_cross_entropy_with_logits(p, present), "count": F.cross_entropy(c, count),
+             "text": F.cross_entropy(t, text), "patch_colour": F.cross_entropy(pc.flatten(0, 1), pcol.flatten()),
+             "patch_shape": F.cross_entropy(ps.flatten(0, 1), pshape.flatten())}
+    metrics = {"present_exact": float(((p > 0) == present.bool()).all(-1).float().mean()),
+               "count_acc": float((c.argmax(-1) == count).float().mean()),
+               "text_acc": float((t.argmax(-1) == text).float().mean())}
+    return sum(parts.values()), parts, metrics
+
+
+def save_tower(tower, out):
+    from llava.tools.make_tiny_checkpoint import _image_processor_dict
+
+    tower.save_pretrained(out, safe_serialization=True)
+    with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
+        json.dump(_image_processor_dict(), f, indent=2)
+
+
+def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, layers=6, log_every=50):
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = TowerWithHeads(tower_config(width, layers, max(1, width // 32), 4 * width))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + __import__("math").cos(__import__("math").pi * s / steps)))
+    held_out = batch(random.Random(seed + 1), 64)
+    log, start = [], time.time()
+    for step in range(1, steps + 1):
+        model.train()
+        loss, parts, metrics = losses(model, batch(rng, batch_size))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            model.eval()
+            with torch.no_grad():
+                _, _, held = losses(model, held_out)
+            entry = {"step": step, "loss": float(loss), **{k: float(v) for k, v in parts.items()},
+                     **{"held_" + k: v for k, v in held.items()}, "minutes": (time.time() - start) / 60}
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    os.makedirs(out, exist_ok=True)
+    save_tower(model.tower, out)
+    with open(os.path.join(out, "training_log.json"), "w") as f:
+        json.dump({"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "width": width,
+                   "layers": layers, "log": log}, f, indent=1)
+    return model
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_tower(args.out, args.steps, args.batch_size, args.lr, args.seed, args.width, args.layers)
+
+
+if __name__ == "__main__":
+    main()
