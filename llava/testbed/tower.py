@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from llava.testbed.world import COLOURS, NUMBERS, SHAPES, SIZE, WORDS, _polygon, render, sample_scene
+from llava.testbed.world import COLOURS, NUMBERS, SHAPES, SIZE, WORDS, draw_object, render, sample_scene
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -54,12 +54,7 @@ def patch_labels(scene):
     ids = Image.new("L", (SIZE, SIZE), 0)
     draw = ImageDraw.Draw(ids)
     for i, obj in enumerate(scene.objects, start=1):
-        if obj.shape == "circle":
-            draw.ellipse(obj.box, fill=i)
-        elif obj.shape == "square":
-            draw.rectangle(obj.box, fill=i)
-        else:
-            draw.polygon(_polygon(obj.shape, obj.box), fill=i)
+        draw_object(draw, obj, fill=i)
     colour, shape = torch.zeros(GRID * GRID, dtype=torch.long), torch.zeros(GRID * GRID, dtype=torch.long)
     colours = list(COLOURS)
     for p in range(GRID * GRID):

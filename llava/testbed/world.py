@@ -118,8 +118,9 @@ def _polygon(shape, box):
     raise ValueError(shape)
 
 
-def draw_object(draw, obj):
-    colour = COLOURS[obj.colour]
+def draw_object(draw, obj, fill=None):
+    """Paint obj in its colour (or in `fill`, e.g. an id for a label map)."""
+    colour = COLOURS[obj.colour] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse(obj.box, fill=colour)
     elif obj.shape == "square":
