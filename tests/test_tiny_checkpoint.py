@@ -329,3 +329,24 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         mtc.main([str(tmp_path / "x"), "--vision-tower", str(tmp_path / "t"), "--hf-cache", str(tmp_path / "h")])
     assert exc.value.code == 2 and "either vision_tower or hf_cache" in capsys.readouterr().err
+
+
+def test_generated_weights_do_not_depend_on_disable_torch_init(tmp_path):
+    """The eval and CLI entry points call disable_torch_init() (process-wide, as upstream); a checkpoint
+    generated afterwards in the same process must still get real, seeded weights."""
+    from safetensors.torch import load_file
+
+    from llava.tools.make_tiny_checkpoint import make_vision_tower
+    from llava.utils import _DEFAULT_INIT, disable_torch_init
+
+    make_vision_tower(str(tmp_path / "a"), seed=0)
+    saved = {cls: cls.reset_parameters for cls in _DEFAULT_INIT}
+    disable_torch_init()
+    try:
+        make_vision_tower(str(tmp_path / "b"), seed=0)
+        assert torch.nn.Linear.reset_parameters is not saved[torch.nn.Linear]  # still disabled outside
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from llava.testbed.world import COLOURS, NUMBERS, SHAPES, SIZE, WORDS, draw_object, render, sample_scene
+from llava.utils import torch_init
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -125,6 +126,7 @@ def save_tower(tower, out):
         json.dump(_image_processor_dict(), f, indent=2)
 
 
+@torch_init()
 def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, layers=6, log_every=50):
     torch.manual_seed(seed)
     rng = random.Random(seed)

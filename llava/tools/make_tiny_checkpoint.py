@@ -44,6 +44,8 @@ import warnings
 
 import torch
 
+from llava.utils import torch_init
+
 KINDS = ("v1.5", "v1.6", "v1.6-mistral", "lora", "projector")
 CLIP_HUB_NAME = "openai/clip-vit-large-patch14-336"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -232,6 +234,7 @@ def _tower_state(seed):
     return config, state
 
 
+@torch_init()
 def make_vision_tower(out_dir, seed=0):
     """Write a tiny CLIP vision tower (config.json, model.safetensors, preprocessor_config.json) to out_dir.
 
@@ -488,6 +491,7 @@ def _clean_config(cfg):
     return cfg
 
 
+@torch_init()
 def make_checkpoint(out_dir, kind="v1.5", seed=0, vision_tower=None, hf_cache=None, model_type=None,
                     safetensors=False, tower_in_weights=False):
     """Write a tiny checkpoint of `kind` (see the module docstring for the layouts).
