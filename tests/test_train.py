@@ -33,7 +33,7 @@ def common_args(setup, data_key, output_dir, method="agile"):
             "--data_path", setup["data"][data_key], "--image_folder", setup["data"]["image_folder"],
             "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2",
             "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
-            "--output_dir", str(output_dir), "--per_device_train_batch_size", "4", "--lr_scheduler_type", "constant",
+            "--output_dir", str(output_dir), "--per_device_train_batch_size", "2", "--lr_scheduler_type", "constant",
             "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True",
             "--dataloader_num_workers", "0", "--model_max_length", "512", "--disable_tqdm", "True",
             "--pruning-method", method, "--visual-token-num", str(K)]
@@ -45,6 +45,7 @@ def losses(trainer):
 
 def assert_loss_falls(trainer):
     values = losses(trainer)
+    assert trainer.state.global_step >= 24  # a few dozen optimizer steps
     assert len(values) >= 6 and all(torch.isfinite(torch.tensor(values)))
     assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.05, values
 
@@ -80,7 +81,7 @@ def visual_token_counts(monkeypatch):
 def stage1(setup):
     out = setup["root"] / "llava-tiny-pretrain"
     trainer = train(argv=common_args(setup, "pretrain", out) + [
-        "--version", "plain", "--tune_mm_mlp_adapter", "True", "--num_train_epochs", "3",
+        "--version", "plain", "--tune_mm_mlp_adapter", "True", "--num_train_epochs", "4",
         "--learning_rate", "2e-2"])
     return out, trainer
 

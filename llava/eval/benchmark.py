@@ -705,6 +705,7 @@ def configs(args):
     return out, ks
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): main() is also called in-process (tests)
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
@@ -723,7 +724,6 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     cfgs, ks = configs(args)
-    torch.set_grad_enabled(False)
 
     start = time.perf_counter()
     if args.random_weights:

@@ -30,6 +30,7 @@ def tower_time(device, repeats):
     return plain, with_attn
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): main() is also called in-process (tests)
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=576)
@@ -40,7 +41,6 @@ def main(argv=None):
     parser.add_argument("--tower", default="clip-l", choices=["clip-l", "none"])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    torch.set_grad_enabled(False)
     print(f"device {device}, N={args.n}, K={args.k}, D={args.dim}, median of {args.repeats}")
     if args.tower == "clip-l":
         plain, with_attn = tower_time(device, max(3, args.repeats // 3))

@@ -101,6 +101,7 @@ def agile_comparison(inputs, k, repeats, device):
     return lines
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): main() is also called in-process (tests)
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=576, help="visual tokens per image")
@@ -112,7 +113,6 @@ def main(argv=None):
     parser.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated subset of " + ", ".join(REGIMES))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    torch.set_grad_enabled(False)
     inputs = {r: synthetic_tokens(r, args.batch, args.n, args.d, seed=i, device=device)
               for i, r in enumerate(args.regimes.split(","))}
     print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, B={args.batch}, "

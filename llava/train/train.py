@@ -28,6 +28,7 @@ from llava.mm_utils import load_image, process_images
 from llava.pruning import PruningConfig, add_pruning_args
 from llava.pruning.methods import METHODS
 from llava.train.preprocess import TargetMaskError, preprocess, preprocess_multimodal  # noqa: F401 (upstream names)
+from llava.utils import torch_init
 
 
 # ---- arguments (upstream names and defaults) ----------------------------------------------------
@@ -413,6 +414,7 @@ def copy_tokenizer_model(trainer, output_dir):
 
 
 # ---- train --------------------------------------------------------------------------------------
+@torch_init()  # new modules (projector, LoRA) get torch's init even if disable_torch_init() ran in this process
 def train(attn_implementation=None, argv=None):
     """Parse `argv` (default sys.argv[1:]), train, save. Returns the trainer."""
     from llava.model.builder import load_tokenizer, resolve_checkpoint
