@@ -109,10 +109,14 @@ class TowerWithHeads(torch.nn.Module):
 def losses(model, data):
     x, present, count, text, pcol, pshape = data
     p, c, t, pc, ps = model(x)
-    parts = {"present": F.binary_cross_entropy_with_logits(p, present), "count": F.cross_entropy(c, count),
+    # presence summed over the 36 pairs (a mean over mostly-absent labels is too weak a signal: the CLS
+    # head then settles on the label frequencies)
+    parts = {"present": F.binary_cross_entropy_with_logits(p, present, reduction="sum") / len(present),
+             "count": F.cross_entropy(c, count),
              "text": F.cross_entropy(t, text), "patch_colour": F.cross_entropy(pc.flatten(0, 1), pcol.flatten()),
              "patch_shape": F.cross_entropy(ps.flatten(0, 1), pshape.flatten())}
     metrics = {"present_exact": float(((p > 0) == present.bool()).all(-1).float().mean()),
+               "present_f1": float(2 * ((p > 0) & present.bool()).sum() / ((p > 0).sum() + present.sum()).clamp(min=1)),
                "count_acc": float((c.argmax(-1) == count).float().mean()),
                "text_acc": float((t.argmax(-1) == text).float().mean())}
     return sum(parts.values()), parts, metrics
