@@ -276,3 +276,23 @@ def test_summarize_reports_pruning_stats(tmp_path):
     (a / "k64.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     _, _, stats = summarize.summarize(str(tmp_path), "m")
     assert stats[("agile", 64)]["pope"] == (25.0, 5.0, 2)
+
+
+@pytest.mark.parametrize("prune", [[], ["--pruning-method", "agile", "--visual-token-num", "32"],
+                                   ["--pruning-method", "fastervlm", "--visual-token-num", "64", "--budget-scope", "global"]])
+def test_llava16_batches_of_different_image_sizes_equal_unbatched(tiny_checkpoint, tmp_path, prune):
+    """LLaVA-1.6 (anyres): images of different aspect ratios give different view grids in one batch."""
+    ckpt = tiny_checkpoint("v1.6")["model_path"]
+    (tmp_path / "img").mkdir()
+    with open(tmp_path / "q.jsonl", "w") as f:
+        for i, size in enumerate([(96, 72), (60, 140), (200, 90), (80, 80)]):
+            fixtures.picture(i, size).save(tmp_path / "img" / f"{i}.png")
+            f.write(json.dumps({"question_id": i, "image": f"{i}.png", "text": "What is it?" + " Look." * i}) + "\n")
+    outs = []
+    for bs in (1, 4):
+        outs.append(str(tmp_path / f"a{bs}.jsonl"))
+        assert run("model_vqa_loader", "--model-path", ckpt, "--question-file", tmp_path / "q.jsonl", "--image-folder",
+                   tmp_path / "img", "--answers-file", outs[-1], "--temperature", "0", "--max_new_tokens", "5",
+                   "--num-workers", "0", "--device", "cpu", "--conv-mode", "vicuna_v1", "--batch-size", bs, *prune) == 0
+    with open(outs[0]) as a, open(outs[1]) as b:
+        assert a.read() == b.read()
