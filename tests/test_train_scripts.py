@@ -19,6 +19,8 @@ def script(name):
 def test_recipe_scripts(name):
     subprocess.run(["bash", "-n", script(name)], check=True)
     text = open(script(name)).read()
+    assert 'source "$(dirname "$0")/train_common.sh"' in text  # the shared launcher/pruning/DeepSpeed part
+    text += open(script("train_common")).read()
     lr = {"pretrain": "1e-3", "finetune": "2e-5", "finetune_lora": "2e-4", "finetune_task": "2e-5",
           "finetune_task_lora": "2e-4"}[name]
     assert f"--learning_rate {lr}" in text and "--pruning-method \"$METHOD\"" in text

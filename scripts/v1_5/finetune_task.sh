@@ -9,19 +9,7 @@ DATA_PATH=${DATA_PATH:-./playground/data/your_task.json}
 IMAGE_FOLDER=${IMAGE_FOLDER:-./playground/data}
 OUTPUT_DIR=${OUTPUT_DIR:-./checkpoints/llava-v1.5-13b-task}
 DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG-./scripts/zero3.json}
-LAUNCHER=${LAUNCHER:-deepspeed}
-REPORT_TO=${REPORT_TO:-none}          # upstream: wandb
-METHOD=${METHOD:-none}                # visual-token pruning during training (llava.pruning methods)
-K=${K:-}                              # visual tokens per image fed to the LLM
-
-PRUNING=()
-if [ "$METHOD" != "none" ]; then
-    PRUNING=(--pruning-method "$METHOD" --visual-token-num "${K:?set K (visual tokens per image) with METHOD=$METHOD}")
-fi
-DEEPSPEED=()                          # DEEPSPEED_CONFIG= LAUNCHER=python: one process, no DeepSpeed
-if [ -n "$DEEPSPEED_CONFIG" ]; then
-    DEEPSPEED=(--deepspeed "$DEEPSPEED_CONFIG")
-fi
+source "$(dirname "$0")/train_common.sh"   # LAUNCHER, REPORT_TO, METHOD/K -> PRUNING, DEEPSPEED
 
 $LAUNCHER llava/train/train_mem.py \
     ${DEEPSPEED[@]+"${DEEPSPEED[@]}"} \
