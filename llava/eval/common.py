@@ -21,12 +21,16 @@ import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
+from llava.eval.scoring_io import ScoringInputError
+from llava.eval.scoring_io import read_json as _read_json
+from llava.eval.scoring_io import read_jsonl as _read_jsonl
 from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
 from llava.pruning import PruningConfig, add_pruning_args
 
 
-class EvalInputError(ValueError):
-    """Bad eval input (question file, image, TSV row): the message names the file and line."""
+# Bad eval input (question file, image, TSV row): the message names the file and line. The same class
+# as the scorers' error, so every eval entry point reports bad input the same way.
+EvalInputError = ScoringInputError
 
 
 # ---- chunking (upstream semantics) -------------------------------------------------------------------
@@ -44,34 +48,12 @@ def get_chunk(lst, n, k):
 
 # ---- reading inputs with errors that name the file and line -----------------------------------------
 def read_jsonl(path):
-    """List of dicts from a JSON-lines file; blank lines skipped; a malformed line is an EvalInputError."""
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Question file not found: {path}")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalInputError(f"{path}:{number}: malformed JSON line ({e.msg})") from None
-            if not isinstance(item, dict):
-                raise EvalInputError(f"{path}:{number}: expected a JSON object, got {type(item).__name__}")
-            out.append(item)
-    return out
+    """Dicts of a JSON-lines question file; a malformed line is an EvalInputError naming file and line."""
+    return _read_jsonl(path, "Question file")
 
 
 def read_json(path):
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Question file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise EvalInputError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+    return _read_json(path, "Question file")
 
 
 def require(item, keys, where):

@@ -20,26 +20,13 @@ import sys
 from collections import defaultdict
 
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
+from llava.eval.scoring_io import read_jsonl
 from llava.testbed.world import COLOURS, SHAPES, plural
 
 _normalise = EvalAIAnswerProcessor()
 _SHAPE_WORDS = {**{s: s for s in SHAPES}, **{plural(s): s for s in SHAPES}}
 _MENTION = re.compile(r"\b(" + "|".join(COLOURS) + r")\s+(" + "|".join(sorted(_SHAPE_WORDS, key=len, reverse=True))
                       + r")\b")
-
-
-def read_jsonl(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: malformed JSON line ({e.msg})") from None
-    return rows
 
 
 def normalise(text):
