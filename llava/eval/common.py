@@ -251,9 +251,10 @@ def generate_answers(model, tokenizer, id_rows, images, image_sizes, args):
 
 
 def take_pruning_stats(model, views_per_image):
-    """Per image, the mean of its pruning records (erank_all, erank_kept, attention_entropy), the sum of
-    pruning_time_s and kept token count; then clears model.pruning_records. views_per_image: records
-    expected per image (1, or the number of views with per-view scope). [] when nothing was recorded."""
+    """One answer `metadata` dict per image: {"pruning": the mean of its records' erank_all, erank_kept and
+    attention_entropy, the sum of pruning_time_s and of kept tokens}, or {} for every image when the
+    records cannot be attributed (nothing recorded, e.g. K >= N). Clears model.pruning_records.
+    views_per_image: records expected per image (1, or the number of views with per-view scope)."""
     records = getattr(model, "pruning_records", None) or []
     out, start = [], 0
     if len(records) != sum(views_per_image):  # nothing recorded (K >= N) or not attributable per image

@@ -21,8 +21,7 @@ import os
 import random
 from collections import Counter
 
-from llava.testbed.world import (COLOURS, NUMBER_WORDS, SHAPES, article, caption, count_phrase, plural, render,
-                                 sample_scene)
+from llava.testbed.world import COLOURS, SHAPES, article, caption, plural, render, sample_scene
 
 SHORT = "\nAnswer the question using a single word or phrase."
 ALL_NAMES = [f"{c} {s}" for s in SHAPES for c in COLOURS]
@@ -83,10 +82,6 @@ def vqa_questions(scene, rng):
     return out
 
 
-def describe_answer(scene):
-    return caption(scene)
-
-
 # ---- training data ------------------------------------------------------------------------------------------
 def training_conversation(scene, rng):
     """A multi-turn instruction conversation (2 to 4 turns) mixing every question type."""
@@ -98,7 +93,7 @@ def training_conversation(scene, rng):
     if scene.objects:
         n = len(scene.objects)
         turns.append(("How many objects are there in total?" + SHORT, str(n)))
-        turns.append((DESCRIBE, describe_answer(scene)))
+        turns.append((DESCRIBE, caption(scene)))
     rng.shuffle(turns)
     turns = turns[:rng.randint(2, 4)]
     conv = []
@@ -186,7 +181,7 @@ def generate(out, seed=0, train_images=6000, eval_images=100):
         generate_eval(out, regime, eval_images, random.Random(rng.randint(0, 2**31)))
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump({"seed": seed, "train_images": train_images, "eval_images": eval_images, "shapes": SHAPES,
-                   "colours": list(COLOURS), "number_words": NUMBER_WORDS[:3]}, f)
+                   "colours": list(COLOURS)}, f)
     return out
 
 

@@ -15,6 +15,7 @@ so `--vision_tower DIR` works for training and loading. The heads are not saved.
 """
 import argparse
 import json
+import math
 import os
 import random
 import time
@@ -137,7 +138,7 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
     model = TowerWithHeads(tower_config(width, layers, max(1, width // 32), 4 * width))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + __import__("math").cos(__import__("math").pi * s / steps)))
+        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps)))  # warm-up, cosine
     held_out = batch(random.Random(seed + 1), 64)
     log, start = [], time.time()
     for step in range(1, steps + 1):

@@ -166,10 +166,6 @@ def plural(shape):
     return shape + ("es" if shape.endswith("s") else "s")
 
 
-def count_phrase(n, shape):
-    return f"{NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else n} {shape if n == 1 else plural(shape)}"
-
-
 def article(word):
     return "an" if word[0] in "aeiou" else "a"
 
