@@ -4,6 +4,7 @@ import json
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -53,9 +54,13 @@ def test_pictures_show_the_scene():
             scene = sample_scene(rng, regime)
             image = render(scene)
             assert image.size == (336, 336)
-            for obj in scene.objects:  # the centre pixel of every object has the object's colour
-                x, y = obj.centre
-                assert image.getpixel((int(x), int(y) + 2)) == COLOURS[obj.colour], obj
+            for obj in scene.objects:  # around its centre, an object shows its colour and its shape's marking
+                x, y = int(obj.centre[0]), int(obj.centre[1]) + 2
+                patch = {image.getpixel((x + dx, y + dy)) for dx in range(-3, 4) for dy in range(-3, 4)}
+                shade = tuple(int(0.55 * c) for c in COLOURS[obj.colour])
+                assert COLOURS[obj.colour] in patch, obj
+                assert (shade in patch) == (obj.shape != "circle"), obj
+                assert patch <= {COLOURS[obj.colour], shade}, obj
 
 
 def test_answers_are_true_of_the_scenes(world):
@@ -167,23 +172,24 @@ def test_score_cli_writes_per_type_score_files(tmp_path):
 
 
 def test_patch_labels_mark_the_objects():
-    from llava.testbed.tower import GRID, patch_labels
-    from llava.testbed.world import SHAPES
+    from llava.testbed.tower import GRID, PAIRS, patch_labels
 
     rng = random.Random(2)
     for regime in ("simple", "complex"):
         scene = sample_scene(rng, regime)
         while not scene.objects:  # a printed word: no object labels
             scene = sample_scene(rng, regime)
-        colour, shape = patch_labels(scene)
+        pair, centre = patch_labels(scene)
         for obj in scene.objects:
             x, y = obj.centre
-            p = int(y + 2) // 14 * GRID + int(x) // 14
-            if (14 * (p % GRID) + 7 - x) ** 2 + (14 * (p // GRID) + 7 - y) ** 2 < 16:  # patch centre near object's
-                assert colour[p] == 1 + list(COLOURS).index(obj.colour) and shape[p] == 1 + SHAPES.index(obj.shape)
-        assert (colour > 0).sum() == (shape > 0).sum() > 0
+            p = int(y) // 14 * GRID + int(x) // 14
+            assert centre[p] == 1  # the patch holding the object's centre is marked
+            if (14 * (p % GRID) + 7 - x) ** 2 + (14 * (p // GRID) + 7 - y) ** 2 < 16 and obj.shape != "triangle":
+                assert pair[p] == 1 + PAIRS.index(obj.name)  # and labelled with the object when its centre is on it
+        assert int(centre.sum()) == len(scene.objects)
+        assert set(pair[pair > 0].tolist()) == {1 + PAIRS.index(o.name) for o in scene.objects}
         if regime == "simple":  # large objects cover many patches, the border none
-            assert (colour > 0).sum() >= 20 and colour.view(GRID, GRID)[0].sum() == 0
+            assert (pair > 0).sum() >= 20 and pair.view(GRID, GRID)[0].sum() == 0
 
 
 def test_tower_training_runs_and_saves_a_loadable_clip_tower(tmp_path):
@@ -202,3 +208,71 @@ def test_tower_training_runs_and_saves_a_loadable_clip_tower(tmp_path):
     x = pixels(render(sample_scene(random.Random(0), "complex")))[None]
     feats, attn = tower(x, output_attentions=True)
     assert feats.shape == (1, 576, 32) and attn.shape == (1, 576)
+
+
+def test_base_llm_has_the_worlds_words_as_whole_pieces(tmp_path):
+    from llava.model.builder import load_tokenizer
+    from llava.testbed.base import write_base
+
+    out = write_base(str(tmp_path / "base"), hidden=32, layers=1, heads=2)
+    tok = load_tokenizer(out)
+    for word in ("purple", "diamond", "triangle", "colour"):
+        assert len(tok(" " + word, add_special_tokens=False).input_ids) == 1, word
+    assert tok("<s>").input_ids[0] == 1 and tok.eos_token_id == 2  # LLaMA's ids, as the templates expect
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["hidden_size"] == 32 and config["num_hidden_layers"] == 1 and config["model_type"] == "llama"
+
+
+def test_ship_makes_a_self_contained_checkpoint(tmp_path):
+    from safetensors import safe_open
+
+    from llava.model.builder import load_pretrained_model
+    from llava.testbed.ship import TOWER_NAME, ship
+    from llava.tools.make_tiny_checkpoint import make_checkpoint
+
+    made = make_checkpoint(str(tmp_path / "trained"), kind="v1.5", safetensors=True, tower_in_weights=True)
+    (tmp_path / "t.json").write_text('{"seed": 0, "wall_seconds": {"stage1": 3, "stage2": 5}}')
+    out = str(tmp_path / "elsewhere" / "llava-testbed")
+    ship(made["model_path"], made["vision_tower"], out, str(tmp_path / "t.json"))
+    assert json.load(open(os.path.join(out, "config.json")))["mm_vision_tower"] == TOWER_NAME
+    record = json.load(open(os.path.join(out, "testbed_training.json")))
+    assert record["wall_seconds"]["stage2"] == 5 and record["machine"]["cores"] >= 1 and record["machine"]["torch"]
+    assert "training_args.bin" not in os.listdir(out)
+    for name in os.listdir(out):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(out, name), "pt") as f:
+                assert not any(k.startswith("model.vision_tower.") for k in f.keys())
+    # the tower is read from inside the checkpoint, wherever the folder is and whatever the working directory
+    shutil.rmtree(made["vision_tower"])
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        _, model, _, _ = load_pretrained_model(out, None, "llava-testbed", device="cpu")
+    finally:
+        os.chdir(cwd)
+    assert model.config.mm_vision_tower == os.path.join(out, TOWER_NAME)
+    assert model.get_vision_tower().is_loaded
+
+
+def test_report_tables_and_plot_per_regime(tmp_path):
+    from llava.testbed.report import report
+
+    res = tmp_path / "results"
+    for regime, drop in (("simple", 10.0), ("complex", 30.0)):
+        for method, k, loss in (("none", 576, 0.0), ("agile", 64, drop), ("fastervlm", 64, 2 * drop),
+                                ("agile", 128, drop / 2)):
+            for bench, full in (("pope", 90.0), ("counting", 80.0)):
+                score.write_score(str(res / regime), bench, "tb", method, k, {"score": full - loss})
+            answers = res / regime / "chair" / "answers" / "tb" / method / f"k{k}.jsonl"
+            answers.parent.mkdir(parents=True, exist_ok=True)
+            answers.write_text("".join(json.dumps({"question_id": i, "text": "x", "metadata": {"pruning": {
+                "erank_all": 5.0 if regime == "simple" else 20.0, "attention_entropy": 3.0, "erank_kept": 4.0}}}) + "\n"
+                for i in range(3)) if method != "none" else "")
+    text = report(str(res), "tb", ["simple", "complex"])
+    simple, complex_ = text.split("## complex")
+    # complex, agile: K=128 mean of 75/90 and 65/80 = 82.3%, K=64 of 60/90 and 50/80 = 64.6%; fastervlm K=64 29.2%
+    assert "| agile | **82.3** | **64.6** |" in complex_ and "| fastervlm | - | 29.2 |" in complex_
+    assert "mean erank of the 576 visual tokens 5.0" in simple and "20.0" in complex_
+    assert (res / "relative_accuracy.png").stat().st_size > 1000
+    table = (res / "table.csv").read_text().splitlines()
+    assert table[0].startswith("regime,method,K") and sum(line.startswith("complex,") for line in table) == 4

@@ -7,9 +7,10 @@ tokens + CLS), small widths. Objectives, on pictures drawn fresh every step from
 - on the CLS token of the last layer (pooled output), which shapes-and-colours are present (multi-label,
   36 pairs), how many objects there are (0..15) and which word or number is printed (or none): so the
   CLS token becomes a real summary of the picture and its attention row learns where the objects are;
-- on every patch token of the select layer (-2, the features LLaVA uses), the colour and the shape of
-  the object under the patch centre (or background): so the tokens the LLM receives carry what is
-  where.
+- on every patch token of the select layer (-2, the features LLaVA uses), which shape-and-colour pair is
+  under the patch centre (or background), and whether the patch holds an object's centre: so the tokens
+  the LLM receives carry what is where, with colour and shape bound together (a pair, not two separate
+  labels, so that the CLS token's attention can pool pairs) and one marked token per object to count.
 Saved with config.json, model.safetensors and preprocessor_config.json (the CLIP-336 preprocessing),
 so `--vision_tower DIR` works for training and loading. The heads are not saved.
 """
@@ -51,25 +52,28 @@ def pixels(image):
 
 
 def patch_labels(scene):
-    """(colour [576], shape [576]) class per patch: 0 background, else 1 + index, from the object under
-    the patch centre (drawn as an id map the way the picture is drawn)."""
+    """(pair [576], centre [576]) per patch: pair = 0 for background, else 1 + the PAIRS index of the object
+    under the patch centre (drawn as an id map the way the picture is drawn); centre = 1 on the patch that
+    holds an object's centre (one per object), else 0."""
+    import numpy as np
+
     ids = Image.new("L", (SIZE, SIZE), 0)
     draw = ImageDraw.Draw(ids)
     for i, obj in enumerate(scene.objects, start=1):
         draw_object(draw, obj, fill=i)
-    colour, shape = torch.zeros(GRID * GRID, dtype=torch.long), torch.zeros(GRID * GRID, dtype=torch.long)
-    colours = list(COLOURS)
-    for p in range(GRID * GRID):
-        v = ids.getpixel((14 * (p % GRID) + 7, 14 * (p // GRID) + 7))
-        if v:
-            obj = scene.objects[v - 1]
-            colour[p], shape[p] = 1 + colours.index(obj.colour), 1 + SHAPES.index(obj.shape)
-    return colour, shape
+    at_centres = np.asarray(ids)[7::14, 7::14].reshape(-1)
+    lookup = torch.tensor([0] + [1 + PAIRS.index(o.name) for o in scene.objects])
+    pair = lookup[torch.from_numpy(at_centres.astype("int64"))]
+    centre = torch.zeros(GRID * GRID, dtype=torch.long)
+    for obj in scene.objects:
+        x, y = obj.centre
+        centre[min(int(y) // 14, GRID - 1) * GRID + min(int(x) // 14, GRID - 1)] = 1
+    return pair, centre
 
 
 def batch(rng, size):
     """One training batch drawn from both regimes: pixels and every label."""
-    xs, present, count, text, pcol, pshape = [], [], [], [], [], []
+    xs, present, count, text, ppair, pcentre = [], [], [], [], [], []
     for i in range(size):
         scene = sample_scene(rng, "simple" if i % 2 == 0 else "complex")
         xs.append(pixels(render(scene)))
@@ -79,11 +83,11 @@ def batch(rng, size):
         present.append(p)
         count.append(len(scene.objects))
         text.append(TEXTS.index(scene.word) + 1 if scene.word else 0)
-        c, s = patch_labels(scene)
-        pcol.append(c)
-        pshape.append(s)
-    return (torch.stack(xs), torch.stack(present), torch.tensor(count), torch.tensor(text), torch.stack(pcol),
-            torch.stack(pshape))
+        pair, centre = patch_labels(scene)
+        ppair.append(pair)
+        pcentre.append(centre)
+    return (torch.stack(xs), torch.stack(present), torch.tensor(count), torch.tensor(text), torch.stack(ppair),
+            torch.stack(pcentre))
 
 
 class TowerWithHeads(torch.nn.Module):
@@ -96,30 +100,34 @@ class TowerWithHeads(torch.nn.Module):
         self.present = torch.nn.Linear(h, len(PAIRS))
         self.count = torch.nn.Linear(h, 16)
         self.text = torch.nn.Linear(h, len(TEXTS) + 1)
-        self.patch_colour = torch.nn.Linear(h, len(COLOURS) + 1)
-        self.patch_shape = torch.nn.Linear(h, len(SHAPES) + 1)
+        self.patch_pair = torch.nn.Linear(h, len(PAIRS) + 1)
+        self.patch_centre = torch.nn.Linear(h, 2)
 
     def forward(self, x):
         out = self.tower(pixel_values=x, output_hidden_states=True)
         cls = out.pooler_output
         patches = out.hidden_states[-2][:, 1:]
-        return (self.present(cls), self.count(cls), self.text(cls), self.patch_colour(patches),
-                self.patch_shape(patches))
+        return (self.present(cls), self.count(cls), self.text(cls), self.patch_pair(patches),
+                self.patch_centre(patches))
 
 
 def losses(model, data):
-    x, present, count, text, pcol, pshape = data
-    p, c, t, pc, ps = model(x)
+    x, present, count, text, ppair, pcentre = data
+    p, c, t, pp, pc = model(x)
     # presence summed over the 36 pairs (a mean over mostly-absent labels is too weak a signal: the CLS
     # head then settles on the label frequencies)
     parts = {"present": F.binary_cross_entropy_with_logits(p, present, reduction="sum") / len(present),
              "count": F.cross_entropy(c, count),
-             "text": F.cross_entropy(t, text), "patch_colour": F.cross_entropy(pc.flatten(0, 1), pcol.flatten()),
-             "patch_shape": F.cross_entropy(ps.flatten(0, 1), pshape.flatten())}
+             "text": F.cross_entropy(t, text), "patch_pair": F.cross_entropy(pp.flatten(0, 1), ppair.flatten()),
+             # centres are 1 patch in ~40-570: weighted so that marking them is worth learning
+             "patch_centre": F.cross_entropy(pc.flatten(0, 1), pcentre.flatten(), weight=torch.tensor([1.0, 20.0]))}
     metrics = {"present_exact": float(((p > 0) == present.bool()).all(-1).float().mean()),
                "present_f1": float(2 * ((p > 0) & present.bool()).sum() / ((p > 0).sum() + present.sum()).clamp(min=1)),
                "count_acc": float((c.argmax(-1) == count).float().mean()),
-               "text_acc": float((t.argmax(-1) == text).float().mean())}
+               "text_acc": float((t.argmax(-1) == text).float().mean()),
+               "pair_acc": float((pp.argmax(-1) == ppair)[ppair > 0].float().mean()),
+               "centre_recall": float((pc.argmax(-1) == 1)[pcentre == 1].float().mean()),
+               "centre_precision": float(((pc.argmax(-1) == 1) & (pcentre == 1)).sum() / (pc.argmax(-1) == 1).sum().clamp(min=1))}
     return sum(parts.values()), parts, metrics
 
 
