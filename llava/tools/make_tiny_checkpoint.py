@@ -168,7 +168,7 @@ def _corpus():
     return [part for line in lines for part in line.split("\n") if part]
 
 
-def _train_sentencepiece():
+def _train_sentencepiece(lines):
     """LLaMA's trainer and normaliser settings (BPE, byte fallback, dummy prefix, spaces kept, digits split)."""
     import sentencepiece as spm
 
@@ -176,7 +176,7 @@ def _train_sentencepiece():
         spm.set_random_generator_seed(0)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=model, vocab_size=VOCAB_SIZE, model_type="bpe",
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=VOCAB_SIZE, model_type="bpe",
         byte_fallback=True, add_dummy_prefix=True, remove_extra_whitespaces=False, split_digits=True,
         normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", allow_whitespace_only_pieces=True,
@@ -191,17 +191,19 @@ def _train_sentencepiece():
 _SP_CACHE = {}
 
 
-def train_tokenizer(out_dir):
+def train_tokenizer(out_dir, extra_corpus=()):
     """Write tokenizer.model (sentencepiece, trained here), tokenizer_config.json and special_tokens_map.json.
 
     Ids as in LLaMA: <unk> 0, <s> 1, </s> 2, byte pieces <0x00>..<0xFF> 3..258, no pad id; the HF files
     are those of llava-v1.5 (LlamaTokenizer, add_bos, legacy false, pad "<unk>", model_max_length 2048).
+    `extra_corpus`: more lines of text to train on (e.g. a domain's words, so they become whole pieces).
     """
-    if "model" not in _SP_CACHE:  # training is deterministic; do it once per process
-        _SP_CACHE["model"] = _train_sentencepiece()
+    key = tuple(extra_corpus)
+    if key not in _SP_CACHE:  # training is deterministic; do it once per process and corpus
+        _SP_CACHE[key] = _train_sentencepiece(_corpus() + list(key))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
-        f.write(_SP_CACHE["model"])
+        f.write(_SP_CACHE[key])
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "clean_up_tokenization_spaces": False,
         "eos_token": "</s>", "legacy": False, "model_max_length": 2048, "pad_token": "<unk>",
