@@ -156,7 +156,8 @@ def load_pretrained_model(
 
     Extra keyword arguments: `pruning=PruningConfig(...)` switches visual-token pruning on (default: the
     settings saved in the checkpoint's config under "pruning", else none; `model.set_pruning` changes it
-    later); `vision_tower=<folder or hub id>` overrides the config's mm_vision_tower;
+    later); `vision_tower=<folder or hub id>` overrides the config's mm_vision_tower (a relative
+    mm_vision_tower naming a folder inside the checkpoint, as llava-testbed ships its tower, is read there);
     `torch_dtype`/`dtype` overrides the default (float16 on CUDA, float32 elsewhere); anything else goes
     to `from_pretrained`.
     """
@@ -221,6 +222,10 @@ def load_pretrained_model(
         config = llava_config(model_path)
         if vision_tower_override is not None:
             config.mm_vision_tower = vision_tower_override
+        tower_name = getattr(config, "mm_vision_tower", None)
+        if vision_tower_override is None and tower_name and not os.path.isabs(tower_name) \
+                and os.path.isdir(os.path.join(model_path, tower_name)):
+            config.mm_vision_tower = os.path.join(model_path, tower_name)  # a tower shipped inside the checkpoint
         resolve_vision_tower(getattr(config, "mm_vision_tower", None) or config.vision_tower)  # fail before the LLM loads
         model_cls = model_class_for(config)
         if kind == "full":
