@@ -1,0 +1,133 @@
+"""Summarise scripts/testbed/eval.sh: per regime, every method x K, with llava.eval.summarize.
+
+    python -m llava.testbed.report --results playground/data/testbed/results [--ckpt llava-testbed]
+
+Reads <results>/<regime>/<bench>/scores/<ckpt>/<method>/k<K>.json (the eval-script layout; benches: pope,
+colour, counting, position, reading, chair) and the --pruning-stats metadata of the caption answers (one
+per image), and writes into <results>:
+  table.md                 per regime: the compact table (relative accuracy % per method and K, as the
+                           paper's Avg: mean over the benchmarks of score / unpruned score), the unpruned
+                           scores, mean erank and CLS-attention entropy of the images, then summarize's
+                           full per-benchmark table;
+  table.csv                summarize's rows with a regime column;
+  relative_accuracy.png    relative accuracy versus K per method, one panel per regime.
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+
+from llava.eval import summarize as S
+
+
+def image_stats(results, regime, ckpt):
+    """(mean erank of all visual tokens, mean CLS-attention entropy, images) over the regime's images,
+    from the caption answers' pruning metadata (one answer per image; the first run that has them)."""
+    root = os.path.join(results, regime, "chair", "answers", ckpt)
+    for method in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        for name in sorted(os.listdir(os.path.join(root, method))):
+            erank, entropy = [], []
+            with open(os.path.join(root, method, name), encoding="utf-8") as f:
+                for line in f:
+                    stats = json.loads(line).get("metadata", {}).get("pruning") or {}
+                    if stats.get("erank_all") is not None and stats.get("attention_entropy") is not None:
+                        erank.append(stats["erank_all"])
+                        entropy.append(stats["attention_entropy"])
+            if erank:
+                return sum(erank) / len(erank), sum(entropy) / len(entropy), len(erank)
+    return math.nan, math.nan, 0
+
+
+def compact(rows, benches):
+    """Markdown: one row per method, one column per K, cells = relative accuracy (%)."""
+    ks = sorted({r["K"] for r in rows if r["method"] != "none"}, reverse=True)
+    methods = [m for m in S.METHOD_ORDER if m != "none" and any(r["method"] == m for r in rows)]
+    methods += sorted({r["method"] for r in rows} - set(methods) - {"none"})
+    cell = {(r["method"], r["K"]): r["avg"] for r in rows}
+    lines = ["| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for m in methods:
+        vals = [cell.get((m, k), math.nan) for k in ks]
+        best = [max((cell.get((o, k), -1) for o in methods if not math.isnan(cell.get((o, k), math.nan))), default=None)
+                for k in ks]
+        cells = ["-" if math.isnan(v) else (f"**{v:.1f}**" if v == b else f"{v:.1f}") for v, b in zip(vals, best)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(results, ckpt, regimes):
+    md, csv_rows, panels = [], [], []
+    for regime in regimes:
+        benches, rows, stats = S.summarize(os.path.join(results, regime), ckpt)
+        base = next((r for r in rows if r["method"] == "none"), None)
+        erank, entropy, n = image_stats(results, regime, ckpt)
+        md += [f"## {regime}", "",
+               f"Images: {n}; mean erank of the 576 visual tokens {erank:.1f}, mean CLS-attention entropy "
+               f"{entropy:.2f} nats.", ""]
+        if base:
+            md += ["Unpruned: " + ", ".join(f"{b} {base[b]:.1f}" for b in benches if b in base)
+                   + " (POPE = F1 averaged over the three splits; CHAIR = CHAIR_s, lower is better).", ""]
+        md += ["Relative accuracy (%, mean of score / unpruned score over "
+               + ", ".join(b for b in benches if b not in S.LOWER_IS_BETTER) + "):", "", compact(rows, benches),
+               "Per benchmark:", "", S.markdown(benches, rows, stats)]
+        buf = io.StringIO(S.to_csv(benches, rows))
+        for i, line in enumerate(csv.reader(buf)):
+            csv_rows.append((["regime"] if i == 0 else [regime]) + line)
+        panels.append((regime, rows, erank))
+    with open(os.path.join(results, "table.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    with open(os.path.join(results, "table.csv"), "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        header_done = False
+        for row in csv_rows:
+            if row[0] == "regime":
+                if header_done:
+                    continue
+                header_done = True
+            writer.writerow(row)
+    plot(panels, os.path.join(results, "relative_accuracy.png"))
+    return "\n".join(md)
+
+
+def plot(panels, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (regime, rows, erank) in zip(axes[0], panels):
+        methods = sorted({r["method"] for r in rows if r["method"] != "none"}, key=lambda m: S.sort_key((m, 0)))
+        for m in methods:
+            pts = sorted((r["K"], r["avg"]) for r in rows if r["method"] == m and not math.isnan(r["avg"]))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m,
+                        linewidth=2.5 if m == "agile" else 1.2)
+        ax.axhline(100.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{regime} (mean erank {erank:.0f})")
+        ax.set_xlabel("K (visual tokens kept of 576)")
+    axes[0][0].set_ylabel("relative accuracy (% of unpruned)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", required=True)
+    p.add_argument("--ckpt", default="llava-testbed")
+    p.add_argument("--regimes", nargs="+", default=["simple", "complex"])
+    args = p.parse_args(argv)
+    try:
+        print(report(args.results, args.ckpt, args.regimes))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
