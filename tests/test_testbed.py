@@ -276,3 +276,36 @@ def test_report_tables_and_plot_per_regime(tmp_path):
     assert (res / "relative_accuracy.png").stat().st_size > 1000
     table = (res / "table.csv").read_text().splitlines()
     assert table[0].startswith("regime,method,K") and sum(line.startswith("complex,") for line in table) == 4
+
+
+def test_qa_conversations_are_short_answers_about_the_picture(world):
+    data = json.load(open(os.path.join(world, "train", "qa.json")))
+    scenes = rows(os.path.join(world, "train", "tower.jsonl"))
+    assert len(data) == len(scenes) == 12
+    for sample, scene in zip(data, scenes):
+        conv = sample["conversations"]
+        assert sample["image"] == scene["image"] and conv[0]["value"].startswith("<image>\n")
+        assert sum("<image>" in t["value"] for t in conv) == 1 and 2 <= len(conv) <= 8
+        for q, a in zip(conv[::2], conv[1::2]):
+            assert q["from"] == "human" and q["value"].endswith(gen.SHORT) and len(a["value"].split()) == 1
+            m = re.match(r"(?:<image>\n)?Is there an? (\w+ \w+) in the image\?", q["value"])
+            if m:  # existence answers are true of the scene
+                names = {f"{o['colour']} {o['shape']}" for o in scene["objects"]}
+                assert a["value"] == ("Yes" if m.group(1) in names else "No")
+
+
+def test_subset_keeps_the_questions_about_the_first_pictures(world, tmp_path):
+    src = os.path.join(world, "eval", "complex")
+    dst = gen.subset_eval(src, str(tmp_path / "sub"), 5)
+    first = sorted(os.listdir(os.path.join(src, "images")))[:5]
+    for rel in ("pope/llava_pope_test.jsonl", "vqa/questions.jsonl", "chair/questions.jsonl"):
+        kept = rows(os.path.join(dst, rel))
+        assert kept == [r for r in rows(os.path.join(src, rel)) if r["image"] in first] and kept
+    for split in ("random", "adversarial"):  # labels stay paired with questions by position
+        qs = [q for q in rows(os.path.join(dst, "pope", "llava_pope_test.jsonl")) if q["category"] == split]
+        labels = rows(os.path.join(dst, "pope", "coco", f"coco_pope_{split}.json"))
+        assert [q["question_id"] for q in qs] == [x["question_id"] for x in labels]
+    truth = rows(os.path.join(dst, "vqa", "truth.jsonl"))
+    assert [t["question_id"] for t in truth] == [q["question_id"] for q in rows(os.path.join(dst, "vqa", "questions.jsonl"))]
+    assert len(json.load(open(os.path.join(dst, "chair", "objects.json")))) == 5
+    assert sorted(os.listdir(os.path.join(dst, "images")))[:5] == first

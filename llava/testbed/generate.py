@@ -5,6 +5,7 @@
 Writes
   DIR/train/images/*.png, DIR/train/pretrain.json (stage 1: caption per image, for the `plain` template),
   DIR/train/finetune.json (stage 2: multi-turn questions of every type, `v1` template),
+  DIR/train/qa.json (stage 3: 4 short-answer turns per image, no captions: see qa_conversation),
   DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
   DIR/eval/<simple|complex>/ for each regime:
     images/*.png, scenes.jsonl (the truth about each picture),
@@ -104,6 +105,21 @@ def training_conversation(scene, rng):
     return conv
 
 
+def qa_conversation(scene, rng, turns=4):
+    """Short-answer turns only (existence yes and no, colour, counting, position, reading), image first.
+    The testbed's third stage trains on these: without the long captions, which are most of stage 2's
+    supervised tokens, the gradient goes to reading the question and finding its object."""
+    pairs = existence(scene, rng, "random", None)
+    yes, no = [p for p in pairs if p[1] == "yes"], [p for p in pairs if p[1] == "no"]
+    candidates = [(existence_text(n) + SHORT, a.capitalize()) for n, a in yes[:1] + no[:1]]
+    candidates += [(q + SHORT, a.capitalize() if a.isalpha() else a) for _, q, a in vqa_questions(scene, rng)]
+    rng.shuffle(candidates)
+    conv = []
+    for i, (q, a) in enumerate(candidates[:turns]):
+        conv += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
+    return conv
+
+
 def popular_names(scenes):
     counts = Counter(n for s in scenes for n in s.names())
     return [n for n, _ in counts.most_common()] + [n for n in ALL_NAMES if n not in counts]
@@ -125,10 +141,11 @@ def write_json(path, obj):
 def generate_train(out, n, rng):
     images = os.path.join(out, "train", "images")
     os.makedirs(images, exist_ok=True)
-    pretrain, finetune, tower = [], [], []
+    pretrain, finetune, tower, scenes = [], [], [], []
     for i in range(n):
         regime = "simple" if i % 2 == 0 else "complex"
         scene = sample_scene(rng, regime)
+        scenes.append(scene)
         name = f"{i:06d}.png"
         render(scene).save(os.path.join(images, name))
         pretrain.append({"id": f"tb{i:06d}", "image": name, "conversations": [
@@ -138,6 +155,7 @@ def generate_train(out, n, rng):
     write_json(os.path.join(out, "train", "pretrain.json"), pretrain)
     write_json(os.path.join(out, "train", "finetune.json"), finetune)
     write_jsonl(os.path.join(out, "train", "tower.jsonl"), tower)
+    return scenes
 
 
 def generate_eval(out, regime, n, rng):
@@ -173,12 +191,39 @@ def generate_eval(out, regime, n, rng):
     return scenes
 
 
+def subset_eval(src, dst, images):
+    """Copy one regime's eval sets (src = DIR/eval/<regime>) to dst, keeping only the questions about its
+    first `images` pictures (in order, so POPE labels still pair with questions by position)."""
+    from llava.eval.scoring_io import read_jsonl
+
+    keep = sorted(os.listdir(os.path.join(src, "images")))[:images]
+    keep_set = set(keep)
+    for rel in ("pope/llava_pope_test.jsonl", "vqa/questions.jsonl", "chair/questions.jsonl",
+                *(f"pope/coco/coco_pope_{s}.json" for s in ("adversarial", "popular", "random"))):
+        write_jsonl(os.path.join(dst, rel), [r for r in read_jsonl(os.path.join(src, rel)) if r["image"] in keep_set])
+    kept_ids = {q["question_id"] for q in read_jsonl(os.path.join(dst, "vqa", "questions.jsonl"))}
+    write_jsonl(os.path.join(dst, "vqa", "truth.jsonl"),
+                [t for t in read_jsonl(os.path.join(src, "vqa", "truth.jsonl")) if t["question_id"] in kept_ids])
+    with open(os.path.join(src, "chair", "objects.json")) as f:
+        objects = json.load(f)
+    chair_ids = {str(q["image_id"]) for q in read_jsonl(os.path.join(dst, "chair", "questions.jsonl"))}
+    write_json(os.path.join(dst, "chair", "objects.json"), {k: v for k, v in objects.items() if k in chair_ids})
+    link = os.path.join(dst, "images")
+    if not os.path.exists(link):
+        os.symlink(os.path.abspath(os.path.join(src, "images")), link)
+    return dst
+
+
 def generate(out, seed=0, train_images=6000, eval_images=100):
     """Write the whole world under `out` (see the module docstring)."""
     rng = random.Random(seed)
-    generate_train(out, train_images, random.Random(rng.randint(0, 2**31)))
+    scenes = generate_train(out, train_images, random.Random(rng.randint(0, 2**31)))
     for regime in ("simple", "complex"):
         generate_eval(out, regime, eval_images, random.Random(rng.randint(0, 2**31)))
+    qa_rng = random.Random(rng.randint(0, 2**31))  # drawn last: the files above do not depend on it
+    write_json(os.path.join(out, "train", "qa.json"),
+               [{"id": f"tb{i:06d}", "image": f"{i:06d}.png", "conversations": qa_conversation(s, qa_rng)}
+                for i, s in enumerate(scenes)])
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump({"seed": seed, "train_images": train_images, "eval_images": eval_images, "shapes": SHAPES,
                    "colours": list(COLOURS)}, f)
