@@ -1,72 +1,119 @@
-"""`make demo`: generate a tiny LLaVA checkpoint and sample images, then ask about one image through
-the same code path as `python -m llava.serve.cli` (ChatSession), printing prompt, answer and timings.
+"""`make demo`: the trained llava-testbed model (playground/llava-testbed, committed) answers questions about
+pictures of the shapes world, with and without visual-token pruning, through the same code path as
+`python -m llava.serve.cli` (ChatSession).
 
-The tiny checkpoint has random weights, so the answer is gibberish: the demo shows the pipeline
-(loading the published layout, 336 px CLIP with 576 visual tokens, splicing, cached generation) works.
+Prints, for one simple and one complex picture, each question with its true answer and the answers
+unpruned and pruned; then the accuracy of a few methods at K tokens on a small fixed question set from
+both regimes; and saves which patches each method keeps on the complex picture to
+<out>/kept_tokens.png (one panel per method).
 """
 import argparse
 import os
+import random
 import time
 
-from PIL import Image, ImageDraw
+MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "playground", "llava-testbed")
+TABLE_METHODS = ("none", "fastervlm", "divprune", "agile")
 
 
-def make_sample_images(folder):
-    """A few deterministic pictures: a simple one (one large shape) and a busy one (many small shapes)."""
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    simple = Image.new("RGB", (480, 360), (235, 235, 235))
-    ImageDraw.Draw(simple).ellipse((140, 80, 340, 280), fill=(200, 30, 30))
-    paths.append(os.path.join(folder, "simple_red_circle.png"))
-    simple.save(paths[-1])
-    busy = Image.new("RGB", (400, 600), (90, 120, 60))
-    draw = ImageDraw.Draw(busy)
-    colours = [(230, 50, 50), (40, 90, 220), (240, 220, 40), (250, 250, 250), (30, 30, 30), (160, 60, 200)]
-    for i in range(12):
-        x, y = 30 + (i * 97) % 320, 30 + (i * 151) % 520
-        box = (x, y, x + 40, y + 40)
-        (draw.rectangle if i % 2 else draw.ellipse)(box, fill=colours[i % len(colours)])
-    paths.append(os.path.join(folder, "busy_shapes.png"))
-    busy.save(paths[-1])
-    return paths
+def questions_about(scene, rng):
+    """[(question, true answer)] of every kind the testbed asks (existence, colour, counting, ...)."""
+    from llava.testbed.generate import SHORT, existence, existence_text, vqa_questions
+
+    pairs = [(existence_text(name) + SHORT, answer) for name, answer in existence(scene, rng, "random", None)[:2]]
+    return pairs + [(q + SHORT, a) for _, q, a in vqa_questions(scene, rng)]
+
+
+def answer(model, tokenizer, processor, image, question, pruning):
+    from llava.serve.cli import ChatSession
+
+    model.set_pruning(pruning)
+    session = ChatSession(tokenizer, model, processor, image, "vicuna_v1", temperature=0.0, max_new_tokens=8)
+    return session.ask(question)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_out", help="where the checkpoint and images go")
-    parser.add_argument("--question", default="What is in the image?")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--out", default="demo_out", help="where the pictures and kept_tokens.png go")
+    parser.add_argument("--model-path", default=MODEL)
+    parser.add_argument("--method", default="agile", help="the pruning method shown next to unpruned")
+    parser.add_argument("--k", type=int, default=64, help="visual tokens kept (of 576)")
+    parser.add_argument("--table-scenes", type=int, default=8, help="pictures per regime in the accuracy table")
     args = parser.parse_args(argv)
 
+    from PIL import Image
     from transformers.utils import logging as hf_logging
 
-    from llava.conversation import auto_conv_mode
-    from llava.mm_utils import get_model_name_from_path, load_image
     from llava.model.builder import load_pretrained_model
-    from llava.serve.cli import ChatSession
-    from llava.tools.make_tiny_checkpoint import make_checkpoint
+    from llava.pruning import PruningConfig
+    from llava.pruning.metrics import attention_entropy, effective_rank
+    from llava.pruning.select import select_visual_tokens
+    from llava.pruning.tools import model_view, pruning_inputs
+    from llava.pruning.visualize import render_panel
+    from llava.testbed import calibrated_erank_avg
+    from llava.testbed.score import normalise
+    from llava.testbed.world import render, sample_scene
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    model_dir = os.path.join(args.out, "llava-v1.5-tiny")
+    os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
     t0 = time.perf_counter()
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        make_checkpoint(model_dir, kind="v1.5", seed=0)
-    images = make_sample_images(os.path.join(args.out, "images"))
-    t1 = time.perf_counter()
-    tokenizer, model, processor, _ = load_pretrained_model(model_dir, None, get_model_name_from_path(model_dir), device="cpu")
-    t2 = time.perf_counter()
-    conv_mode = auto_conv_mode(get_model_name_from_path(model_dir))
-    session = ChatSession(tokenizer, model, processor, load_image(images[0]), conv_mode, temperature=0.0,
-                          max_new_tokens=args.max_new_tokens)
-    answer = session.ask(args.question)
-    timings = session.last_timings
-    print(f"checkpoint : {model_dir} (generated, random weights; conv mode {conv_mode})")
-    print(f"image      : {images[0]}")
-    print(f"prompt     : {timings['prompt']!r}")
-    print(f"answer     : {answer!r}")
-    print(f"timings    : generate checkpoint+images {t1 - t0:.2f}s, load {t2 - t1:.2f}s, "
-          f"answer {timings['generate_s']:.2f}s for {timings['new_tokens']} new tokens")
+    tokenizer, model, processor, _ = load_pretrained_model(args.model_path, None, "llava-testbed", device="cpu")
+    print(f"checkpoint : {args.model_path} (trained on the shapes world; loaded in {time.perf_counter() - t0:.1f}s)")
+    erank_avg = calibrated_erank_avg(args.model_path)
+    pruned = PruningConfig(method=args.method, visual_token_num=args.k, erank_avg=erank_avg)
+
+    rng = random.Random(2026)
+    shown = {}
+    for regime in ("simple", "complex"):
+        scene = sample_scene(rng, regime)
+        while not scene.objects:
+            scene = sample_scene(rng, regime)
+        image = render(scene)
+        path = os.path.join(args.out, "images", f"{regime}.png")
+        image.save(path)
+        shown[regime] = image
+        print(f"\n{regime} picture {path}: " + ", ".join(o.name for o in scene.objects))
+        print(f"  {'question':<50} {'truth':>6} {'unpruned':>9} {args.method + '@' + str(args.k):>10}")
+        for q, truth in questions_about(scene, rng):
+            full = answer(model, tokenizer, processor, image, q, None)
+            cut = answer(model, tokenizer, processor, image, q, pruned)
+            print(f"  {q.split(chr(10))[0]:<50} {truth:>6} {full:>9} {cut:>10}")
+
+    # accuracy of a few methods on a small fixed question set from both regimes
+    rng = random.Random(7)
+    items = []
+    for regime in ("simple", "complex"):
+        for _ in range(args.table_scenes):
+            scene = sample_scene(rng, regime)
+            image = render(scene)
+            items += [(regime, image, q, a) for q, a in questions_about(scene, rng)]
+    print(f"\naccuracy on {len(items)} questions ({args.table_scenes} pictures per regime), K={args.k}:")
+    print(f"  {'method':<10} {'simple':>7} {'complex':>8}")
+    for method in TABLE_METHODS:
+        cfg = None if method == "none" else PruningConfig(method=method, visual_token_num=args.k, erank_avg=erank_avg)
+        right = {"simple": [], "complex": []}
+        for regime, image, q, a in items:
+            right[regime].append(normalise(answer(model, tokenizer, processor, image, q, cfg)) == normalise(a))
+        print(f"  {method:<10} " + " ".join(f"{100 * sum(v) / len(v):>7.1f}%" for v in right.values()))
+
+    # which patches each method keeps on the complex picture
+    model.set_pruning(None)
+    image = shown["complex"]
+    features, attention = pruning_inputs(model, processor, image)
+    grid = model.get_vision_tower().num_patches_per_side
+    view = model_view(model, processor, image)
+    erank, entropy = effective_rank(features[0]).item(), attention_entropy(attention[0]).item()
+    panels = []
+    for method in TABLE_METHODS[1:]:
+        idx = select_visual_tokens(method, features[:1], attention[:1], args.k, **pruned.options())[0]
+        panels.append(render_panel(view, idx.tolist(), grid, f"{method}  K={idx.numel()}\nerank {erank:.1f}  H={entropy:.2f}"))
+    sheet = Image.new("RGB", (sum(p.size[0] for p in panels) + 8 * (len(panels) - 1), panels[0].size[1]), "white")
+    for i, p in enumerate(panels):
+        sheet.paste(p, (i * (p.size[0] + 8), 0))
+    out = os.path.join(args.out, "kept_tokens.png")
+    sheet.save(out)
+    print(f"\nkept tokens of {', '.join(TABLE_METHODS[1:])} at K={args.k} on the complex picture -> {out}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@
 # + CHAIR_s on "Describe the image." captions. Answers and scores go to $OUT/<regime>/<bench>/{answers,scores}/
 # $CKPT/<method>/k<K>.* (the eval-script layout; finished runs are skipped, interrupted ones resume), and
 # `python -m llava.testbed.report` writes $OUT/table.md, $OUT/table.csv and $OUT/relative_accuracy.png.
-# Environment: MODEL_PATH (default ./models/llava-testbed), WORLD (eval sets; generated with seed 0 if
-# missing), OUT, REGIMES, METHODS, KS, BATCH (prompts per generate call), DEVICE (cpu), FASTV_LAYER (1 of the
-# testbed LLM's 3 layers), PYTHON, JOBS (runs in parallel, default 1).
+# Environment: MODEL_PATH (default ./playground/llava-testbed), WORLD (eval sets; generated with seed 0 if
+# missing), IMAGES (only the questions about the first IMAGES pictures of each regime; default all 100), OUT, REGIMES, METHODS, KS, BATCH (prompts per generate call), DEVICE (cpu), FASTV_LAYER (1 of the
+# testbed LLM's 3 layers), ERANK_AVG (default: the checkpoint's erank_calibration.json), PYTHON, JOBS (runs in
+# parallel, default 1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-MODEL_PATH=${MODEL_PATH:-./models/llava-testbed}
+MODEL_PATH=${MODEL_PATH:-./playground/llava-testbed}
 CKPT=${CKPT:-$(basename "$MODEL_PATH")}
 WORLD=${WORLD:-./playground/data/testbed/world}
 OUT=${OUT:-./playground/data/testbed/results}
@@ -26,20 +27,33 @@ DEVICE=${DEVICE:-cpu}
 FASTV_LAYER=${FASTV_LAYER:-1}
 PYTHON=${PYTHON:-python}
 JOBS=${JOBS:-1}
+IMAGES=${IMAGES:-}
+
+ERANK_AVG=${ERANK_AVG:-$("$PYTHON" -c 'import sys; from llava.testbed import calibrated_erank_avg as e; print(e(sys.argv[1]))' "$MODEL_PATH")}
 
 if [ ! -f "$WORLD/eval/simple/vqa/truth.jsonl" ]; then
     "$PYTHON" -m llava.testbed.generate --out "$WORLD" --seed 0 --train-images 0
 fi
 
+SETS="$WORLD/eval"
+if [ -n "$IMAGES" ]; then
+    SETS="$OUT/sets"
+    for regime in $REGIMES; do
+        "$PYTHON" -c 'import sys; from llava.testbed.generate import subset_eval as s; s(sys.argv[1], sys.argv[2], int(sys.argv[3]))' \
+            "$WORLD/eval/$regime" "$SETS/$regime" "$IMAGES"
+    done
+fi
+
 # run_one REGIME METHOD K: answers + scores of one configuration (skipped when its scores exist)
 run_one() {
     local regime=$1 method=$2 k=$3
-    local data="$WORLD/eval/$regime" res="$OUT/$regime" run="$CKPT/$method/k$k"
+    local data="$SETS/$regime" res="$OUT/$regime" run="$CKPT/$method/k$k"
     if [ -f "$res/chair/scores/$run.json" ] && [ -f "$res/pope/scores/$run.json" ] \
             && [ -f "$res/counting/scores/$run.json" ]; then
         return 0
     fi
-    local prune=(--pruning-method "$method" --visual-token-num "$k" --pruning-stats) batch=$BATCH
+    local prune=(--pruning-method "$method" --visual-token-num "$k" --erank-avg "$ERANK_AVG" --pruning-stats)
+    local batch=$BATCH
     if [ "$method" = fastv ]; then prune+=(--fastv-layer "$FASTV_LAYER"); batch=1; fi  # fastv: unpadded prompts
     local gen=(--model-path "$MODEL_PATH" --device "$DEVICE" --batch-size "$batch" --num-workers 0 --temperature 0)
     mkdir -p "$res"/{pope,vqa,chair}/answers/"$CKPT/$method"
