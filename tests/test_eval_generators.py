@@ -83,6 +83,15 @@ def test_loader_writes_upstream_format_with_pruning_stats(ckpt, data, tmp_path):
     assert stats["kept_tokens"] == 16 and stats["erank_kept"] < stats["erank_all"]
 
 
+def test_pruning_stats_with_fastv_record_what_it_kept(ckpt, data, tmp_path):
+    """FastV prunes inside the decoder: its records have the kept tokens but no selection time or erank."""
+    out = str(tmp_path / "f.jsonl")
+    assert run("model_vqa_loader", *loader_args(ckpt, data, out, "--pruning-method", "fastv", "--visual-token-num",
+                                                "16", "--fastv-layer", "1", "--pruning-stats")) == 0
+    stats = lines(out)[0]["metadata"]["pruning"]
+    assert stats["kept_tokens"] == 16 and stats["pruning_time_s"] is None and stats["erank_all"] is None
+
+
 @pytest.mark.parametrize("method", ["none", "agile"])
 def test_batched_answers_equal_unbatched(ckpt, data, tmp_path, method):
     prune = ["--pruning-method", method, "--visual-token-num", "32"]

@@ -185,7 +185,7 @@ def test_fastv_keeps_the_top_k_of_the_last_tokens_attention(v15):
     start = (ids[0] == -200).nonzero().item()
     t = ids.shape[1] - 1 + 576
     assert lengths[0] == t - 576 + 48 and lengths[1:] == [1, 1, 1, 1]  # pruned prefill, then cached decode
-    kept = model.pruning_records[-1]["kept_indices"][0]
+    kept = model.pruning_records[-1]["kept_indices"]
     _, _, _, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, pixels, [image.size])
     ref = LlamaForCausalLM.from_pretrained(model.config._name_or_path, dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():

@@ -268,7 +268,8 @@ def take_pruning_stats(model, views_per_image):
             stats[key] = sum(values) / len(values) if values else None
         kept = [len(r["kept_indices"]) for r in group if r.get("kept_indices") is not None]
         stats["kept_tokens"] = sum(kept) if kept else None  # None: merged tokens (visionzip) have no index
-        stats["pruning_time_s"] = sum(r["pruning_time_s"] for r in group)
+        times = [r["pruning_time_s"] for r in group if r.get("pruning_time_s") is not None]
+        stats["pruning_time_s"] = sum(times) if times else None  # None: fastv prunes inside the decoder
         out.append({"pruning": stats})
     records.clear()
     return out

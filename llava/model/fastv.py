@@ -57,8 +57,8 @@ def fastv_forward(model, inputs_embeds, position_ids, past_key_values, use_cache
             hidden = hidden.gather(1, keep[:, :, None].expand(-1, -1, hidden.shape[-1]))
             position_ids = position_ids.expand(hidden.shape[0], -1).gather(1, keep)
             position_embeddings = inner.rotary_emb(hidden, position_ids)
-            if records is not None:
-                records.append({"kept_indices": (keep_img - start).tolist(), "fastv_layer": layer_l})
+            if records is not None:  # one record per prompt, like the selection before the LLM
+                records.extend({"kept_indices": row, "fastv_layer": layer_l} for row in (keep_img - start).tolist())
         hooks = []
         if prune and i == layer_l - 1:
             layer_before = layer
