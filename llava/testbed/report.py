@@ -69,8 +69,9 @@ def report(results, ckpt, regimes):
         if base:
             md += ["Unpruned: " + ", ".join(f"{b} {base[b]:.1f}" for b in benches if b in base)
                    + " (POPE = F1 averaged over the three splits; CHAIR = CHAIR_s, lower is better).", ""]
-        md += ["Relative accuracy (%, mean of score / unpruned score over "
-               + ", ".join(b for b in benches if b not in S.LOWER_IS_BETTER) + "):", "", compact(rows, benches),
+        used = [b for b in benches if b not in S.LOWER_IS_BETTER and base and base.get(b)]  # as relative_average
+        md += ["Relative accuracy (%, mean of score / unpruned score over " + ", ".join(used) + "):", "",
+               compact(rows, benches),
                "Per benchmark:", "", S.markdown(benches, rows, stats)]
         buf = io.StringIO(S.to_csv(benches, rows))
         for i, line in enumerate(csv.reader(buf)):
