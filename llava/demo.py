@@ -41,7 +41,6 @@ def main(argv=None):
     parser.add_argument("--table-scenes", type=int, default=8, help="pictures per regime in the accuracy table")
     args = parser.parse_args(argv)
 
-    from PIL import Image
     from transformers.utils import logging as hf_logging
 
     from llava.model.builder import load_pretrained_model
@@ -49,7 +48,7 @@ def main(argv=None):
     from llava.pruning.metrics import attention_entropy, effective_rank
     from llava.pruning.select import select_visual_tokens
     from llava.pruning.tools import model_view, pruning_inputs
-    from llava.pruning.visualize import render_panel
+    from llava.pruning.visualize import contact_sheet, render_panel
     from llava.testbed import calibrated_erank_avg
     from llava.testbed.score import normalise
     from llava.testbed.world import render, sample_scene
@@ -108,11 +107,8 @@ def main(argv=None):
     for method in TABLE_METHODS[1:]:
         idx = select_visual_tokens(method, features[:1], attention[:1], args.k, **pruned.options())[0]
         panels.append(render_panel(view, idx.tolist(), grid, f"{method}  K={idx.numel()}\nerank {erank:.1f}  H={entropy:.2f}"))
-    sheet = Image.new("RGB", (sum(p.size[0] for p in panels) + 8 * (len(panels) - 1), panels[0].size[1]), "white")
-    for i, p in enumerate(panels):
-        sheet.paste(p, (i * (p.size[0] + 8), 0))
     out = os.path.join(args.out, "kept_tokens.png")
-    sheet.save(out)
+    contact_sheet(panels).save(out)
     print(f"\nkept tokens of {', '.join(TABLE_METHODS[1:])} at K={args.k} on the complex picture -> {out}")
 
 

@@ -36,6 +36,17 @@ def render_panel(view, kept, grid, title, dim=0.25):
     return panel
 
 
+def contact_sheet(panels, gap=8):
+    """The panels side by side on white, `gap` pixels apart."""
+    width = sum(p.size[0] for p in panels) + gap * (len(panels) - 1)
+    sheet = Image.new("RGB", (width, panels[0].size[1]), (255, 255, 255))
+    x = 0
+    for p in panels:
+        sheet.paste(p, (x, 0))
+        x += p.size[0] + gap
+    return sheet
+
+
 def main(argv=None):
     parser = add_model_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--image-file", required=True)
@@ -65,13 +76,7 @@ def main(argv=None):
             panels.append(render_panel(view, idx.tolist(), grid, title))
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
-    width = sum(p.size[0] for p in panels) + 8 * (len(panels) - 1)
-    sheet = Image.new("RGB", (width, panels[0].size[1]), (255, 255, 255))
-    x = 0
-    for p in panels:
-        sheet.paste(p, (x, 0))
-        x += p.size[0] + 8
-    sheet.save(args.out)
+    contact_sheet(panels).save(args.out)
     print(f"{len(panels)} panels ({', '.join(methods)}, K={args.visual_token_num}) -> {args.out}")
 
 

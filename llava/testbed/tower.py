@@ -161,7 +161,7 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
             model.eval()
             with torch.no_grad():
                 _, _, held = losses(model, held_out)
-            entry = {"step": step, "loss": float(loss), **{k: float(v) for k, v in parts.items()},
+            entry = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                      **{"held_" + k: v for k, v in held.items()}, "minutes": (time.time() - start) / 60}
             log.append(entry)
             print(json.dumps(entry), flush=True)
