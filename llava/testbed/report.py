@@ -48,10 +48,10 @@ def compact(rows, benches):
     methods += sorted({r["method"] for r in rows} - set(methods) - {"none"})
     cell = {(r["method"], r["K"]): r["avg"] for r in rows}
     lines = ["| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    best = [max((cell[o, k] for o in methods if not math.isnan(cell.get((o, k), math.nan))), default=None)
+            for k in ks]
     for m in methods:
         vals = [cell.get((m, k), math.nan) for k in ks]
-        best = [max((cell.get((o, k), -1) for o in methods if not math.isnan(cell.get((o, k), math.nan))), default=None)
-                for k in ks]
         cells = ["-" if math.isnan(v) else (f"**{v:.1f}**" if v == b else f"{v:.1f}") for v, b in zip(vals, best)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -73,21 +73,15 @@ def report(results, ckpt, regimes):
         md += ["Relative accuracy (%, mean of score / unpruned score over " + ", ".join(used) + "):", "",
                compact(rows, benches),
                "Per benchmark:", "", S.markdown(benches, rows, stats)]
-        buf = io.StringIO(S.to_csv(benches, rows))
-        for i, line in enumerate(csv.reader(buf)):
-            csv_rows.append((["regime"] if i == 0 else [regime]) + line)
+        csv_rows += [{"regime": regime, **r} for r in csv.DictReader(io.StringIO(S.to_csv(benches, rows)))]
         panels.append((regime, rows, erank))
     with open(os.path.join(results, "table.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     with open(os.path.join(results, "table.csv"), "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        header_done = False
-        for row in csv_rows:
-            if row[0] == "regime":
-                if header_done:
-                    continue
-                header_done = True
-            writer.writerow(row)
+        fields = list(dict.fromkeys(k for r in csv_rows for k in r))  # benchmarks differ per regime (reading)
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(csv_rows)
     plot(panels, os.path.join(results, "relative_accuracy.png"))
     return "\n".join(md)
 
