@@ -9,15 +9,18 @@ Branches (see README, "Loading checkpoints"):
 """
 import json
 import os
+import re
 import warnings
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.model.compat import quiet_peft
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import resolve_vision_tower
+from llava.utils import progress_bars
 
 WEIGHT_INDEXES = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
@@ -43,11 +46,33 @@ def resolve_checkpoint(path, what="model_path"):
     )
 
 
+def weight_files(path):
+    """The LLM weight files in a checkpoint folder: one file, or the shards of a sharded checkpoint."""
+    return [f for f in os.listdir(path) if f in WEIGHT_FILES
+            or (f.startswith(("pytorch_model-", "model-")) and f.endswith((".bin", ".safetensors")))]
+
+
 def has_llm_weights(path):
-    files = set(os.listdir(path))
-    if files & set(WEIGHT_INDEXES) or files & set(WEIGHT_FILES):
-        return True
-    return any(f.startswith(("pytorch_model-", "model-")) and f.endswith((".bin", ".safetensors")) for f in files)
+    return bool(set(os.listdir(path)) & set(WEIGHT_INDEXES)) or bool(weight_files(path))
+
+
+def from_pretrained(cls, path, loaded_later=(), **kwargs):
+    """cls.from_pretrained, with transformers' progress bar only where loading takes a while (over 1 GB
+    of weights). `loaded_later`: the names of weights another file provides right after (a projector,
+    LoRA's non_lora_trainables), which transformers' load report would call missing."""
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in weight_files(path))
+    own = cls.__dict__.get("_keys_to_ignore_on_load_missing")
+    if loaded_later:  # read by the model's post_init, during from_pretrained
+        cls._keys_to_ignore_on_load_missing = [f"^{re.escape(k)}$" for k in loaded_later] + list(
+            cls._keys_to_ignore_on_load_missing or [])
+    try:
+        with progress_bars(size > 2**30):
+            return cls.from_pretrained(path, **kwargs)
+    finally:
+        if loaded_later and own is None:
+            del cls._keys_to_ignore_on_load_missing
+        elif loaded_later:
+            cls._keys_to_ignore_on_load_missing = own
 
 
 def read_config(path):
@@ -120,11 +145,16 @@ def load_state_file(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_non_lora_trainables(model, path):
+def read_non_lora_trainables(path):
+    """non_lora_trainables.bin with the model's own key names (PEFT's base_model.model. prefix dropped)."""
     state = load_state_file(os.path.join(path, "non_lora_trainables.bin"))
     state = {(k[len("base_model.") :] if k.startswith("base_model.") else k): v for k, v in state.items()}
     if any(k.startswith("model.model.") for k in state):
         state = {(k[len("model.") :] if k.startswith("model.") else k): v for k, v in state.items()}
+    return state
+
+
+def load_non_lora_trainables(model, state):
     embed = state.get("model.embed_tokens.weight")
     if embed is not None and embed.shape[0] != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(embed.shape[0])
@@ -132,8 +162,11 @@ def load_non_lora_trainables(model, path):
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
 
 
-def load_projector(model, path):
-    state = load_state_file(os.path.join(path, "mm_projector.bin"))
+def read_projector(path):
+    return load_state_file(os.path.join(path, "mm_projector.bin"))
+
+
+def load_projector(model, state, path):
     dtype = model.get_input_embeddings().weight.dtype
     missing = [k for k, _ in model.named_parameters() if "mm_projector" in k and k not in state]
     if missing:
@@ -212,11 +245,12 @@ def load_pretrained_model(
 
     if kind == "plain":
         tokenizer = load_tokenizer(model_base or model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_base or model_path, **kwargs)
+        model = from_pretrained(AutoModelForCausalLM, model_base or model_path, **kwargs)
         if model_base is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
         image_processor = None
     else:
         config = llava_config(model_path)
@@ -230,17 +264,19 @@ def load_pretrained_model(
         model_cls = model_class_for(config)
         if kind == "full":
             tokenizer = load_tokenizer(model_path)
-            model = model_cls.from_pretrained(model_path, config=config, **kwargs)
+            model = from_pretrained(model_cls, model_path, config=config, **kwargs)
         else:
             tokenizer = load_tokenizer(model_base)
-            model = model_cls.from_pretrained(model_base, config=config, **kwargs)
+            extra = read_non_lora_trainables(model_path) if kind == "lora" else read_projector(model_path)
+            model = from_pretrained(model_cls, model_base, loaded_later=list(extra), config=config, **kwargs)
             if kind == "lora":
                 from peft import PeftModel
 
-                load_non_lora_trainables(model, model_path)
-                model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+                load_non_lora_trainables(model, extra)
+                with quiet_peft():
+                    model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
             else:
-                load_projector(model, model_path)
+                load_projector(model, extra, model_path)
         image_processor = attach_vision(model, tokenizer, device_map, device)
         model.set_pruning(pruning if pruning is not None else getattr(model.config, "pruning", None))
 

@@ -9,10 +9,12 @@ tokens continue from the original length. Layers then take no mask and rely on S
 flash attention.
 """
 import torch
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from llava.pruning import fastv_select
+
+from .compat import causal_lm_output, layer_cache_kwargs
 
 
 def last_token_attention(attn_module, queries, keys, position_embeddings):
@@ -33,8 +35,6 @@ def fastv_forward(model, inputs_embeds, position_ids, past_key_values, use_cache
                   logits_to_keep=0, records=None):
     """One decoder pass with FastV. image_span (start, length) of the image tokens in the prompt; only
     used on the prefill pass (past empty and more than one token)."""
-    from transformers import DynamicCache
-
     inner = model.get_model()
     if use_cache and past_key_values is None:
         past_key_values = DynamicCache()
@@ -65,8 +65,8 @@ def fastv_forward(model, inputs_embeds, position_ids, past_key_values, use_cache
             hooks = [layer.self_attn.q_proj.register_forward_hook(lambda m, a, o: captured.__setitem__("q", o)),
                      layer.self_attn.k_proj.register_forward_hook(lambda m, a, o: captured.__setitem__("k", o))]
         try:
-            out = layer(hidden, attention_mask=None, position_ids=position_ids, past_key_values=past_key_values,
-                        use_cache=use_cache, position_embeddings=position_embeddings)
+            out = layer(hidden, attention_mask=None, position_ids=position_ids, use_cache=use_cache,
+                        position_embeddings=position_embeddings, **layer_cache_kwargs(past_key_values))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -74,4 +74,4 @@ def fastv_forward(model, inputs_embeds, position_ids, past_key_values, use_cache
     hidden = inner.norm(hidden)
     if logits_to_keep:
         hidden = hidden[:, -logits_to_keep:]
-    return CausalLMOutputWithPast(logits=model.lm_head(hidden), past_key_values=past_key_values)
+    return causal_lm_output(model.lm_head(hidden), past_key_values)

@@ -1,9 +1,12 @@
 """LLaVA on LLaMA / Vicuna (upstream names: LlavaConfig, LlavaLlamaModel, LlavaLlamaForCausalLM)."""
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ..compat import model_cache_kwargs, pop_cache
 from ..fastv import fastv_forward
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
@@ -26,6 +29,10 @@ def positions_from_mask(attention_mask, seq_len):
 class LlavaCausalLMMixin(LlavaMetaForCausalLM):
     """forward/generate shared by the LLaMA and Mistral variants."""
 
+    # Checkpoints saved by LLaVA's training hold the CLIP tower's weights too; as upstream, they are not
+    # used (the tower loads from mm_vision_tower) unless unfreeze_mm_vision_tower builds it in the model.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.vision_tower\."]
+
     def _build(self, config, inner_model_cls):
         """What XForCausalLM.__init__ does, with the LLaVA inner model (and no throw-away plain one)."""
         self.model = inner_model_cls(config)
@@ -47,6 +54,8 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         return_dict=None,
         **kwargs,
     ):
+        # generate hands the KV cache over as `cache` (transformers >= 5.24) or `past_key_values`
+        past_key_values = pop_cache(past_key_values, kwargs)
         if inputs_embeds is None and images is not None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -69,10 +78,10 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
+            **model_cache_kwargs(past_key_values),
             **kwargs,
         )
 
@@ -90,7 +99,23 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             )
         else:
             inputs_embeds = self.get_model().embed_tokens(inputs)
-        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        with self._max_new_tokens_only(kwargs):
+            return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    @contextmanager
+    def _max_new_tokens_only(self, kwargs):
+        """LLaVA's generation_config.json carries max_length 4096 (the context size); a call that asks for
+        max_new_tokens means that length alone, so the checkpoint's max_length is set aside for the call
+        (transformers would otherwise warn on every call that both are set)."""
+        gen = self.generation_config
+        saved = gen.max_length
+        if kwargs.get("max_new_tokens") is not None and kwargs.get("max_length") is None \
+                and kwargs.get("generation_config") is None:
+            gen.max_length = None
+        try:
+            yield
+        finally:
+            gen.max_length = saved
 
 
 class LlavaLlamaForCausalLM(LlavaCausalLMMixin, LlamaForCausalLM):

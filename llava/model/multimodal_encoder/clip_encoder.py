@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from llava.utils import progress_bars
+
 
 class VisionTowerNotFoundError(FileNotFoundError):
     """The checkpoint's `mm_vision_tower` is neither a local folder nor in the Hugging Face cache."""
@@ -99,7 +101,8 @@ class CLIPVisionTower(nn.Module):
         path = resolve_vision_tower(self.vision_tower_name)
         self.image_processor = load_image_processor(path)
         kwargs = {} if device_map in (None, "auto") else {"device_map": device_map}
-        self.vision_tower = CLIPVisionModel.from_pretrained(path, **kwargs)
+        with progress_bars(False):  # one weight file: no bar
+            self.vision_tower = CLIPVisionModel.from_pretrained(path, **kwargs)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
