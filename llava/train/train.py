@@ -10,6 +10,7 @@ non_lora_trainables.bin, or full model), which `llava.model.builder.load_pretrai
 """
 import argparse
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -28,6 +29,7 @@ from llava.mm_utils import load_image, process_images
 from llava.pruning import PruningConfig, add_pruning_args
 from llava.pruning.methods import METHODS
 from llava.train.preprocess import TargetMaskError, preprocess, preprocess_multimodal  # noqa: F401 (upstream names)
+from llava.model.compat import quiet_peft
 from llava.utils import torch_init
 
 
@@ -87,6 +89,13 @@ class TrainingArguments(transformers.TrainingArguments):
             self.warmup_steps = self.warmup_ratio
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
+        # transformers 5.24 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn);
+        # upstream's scripts pass the old ones, which mean the same: hand them over under the new names.
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)
         super().__post_init__()
 
 
@@ -243,7 +252,7 @@ def find_all_linear_names(model):
 def load_llm(model_args, training_args, attn_implementation, dtype):
     """LlavaLlamaForCausalLM / LlavaMistralForCausalLM from a plain LLM or a LLaVA checkpoint (with a
     vision tower), else the plain causal LM."""
-    from llava.model.builder import llava_config, model_class_for, read_config, resolve_checkpoint
+    from llava.model.builder import from_pretrained, llava_config, model_class_for, read_config, resolve_checkpoint
 
     path = model_args.model_name_or_path
     local = resolve_checkpoint(path, "model_name_or_path")
@@ -259,12 +268,12 @@ def load_llm(model_args, training_args, attn_implementation, dtype):
             llm_int8_skip_modules=["mm_projector"], bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=training_args.double_quant, bnb_4bit_quant_type=training_args.quant_type)
     if model_args.vision_tower is None:
-        return transformers.AutoModelForCausalLM.from_pretrained(local, **kwargs)
+        return from_pretrained(transformers.AutoModelForCausalLM, local, **kwargs)
     cfg = read_config(local)
     if "mpt" in cfg.get("model_type", ""):
         raise NotImplementedError("MPT language models are not supported in this fork")
     config = llava_config(local, cfg)
-    return model_class_for(config).from_pretrained(local, config=config, **kwargs)
+    return from_pretrained(model_class_for(config), local, config=config, **kwargs)
 
 
 def initialize_vision_modules(model, model_args):
@@ -364,12 +373,23 @@ def save_projector(model, output_dir, use_im_start_end=False):
     torch.save(get_mm_adapter_state(model, keys), os.path.join(output_dir, "mm_projector.bin"))
 
 
+def embeddings_resized(model):
+    """Whether the LLM's vocabulary differs from its base's (PEFT's save_embedding_layers="auto" test, read
+    from the base's config.json: PEFT reads it through the LLaVA config class, which says it is not one)."""
+    base = model.peft_config["default"].base_model_name_or_path
+    config_file = os.path.join(base or "", "config.json")
+    if not base or not os.path.isfile(config_file):
+        return False
+    with open(config_file) as f:
+        return json.load(f).get("vocab_size") != model.get_input_embeddings().weight.shape[0]
+
+
 def lora_state_dict(model, bias="none"):
     """The adapter's tensors (LoRA A/B; biases per --lora_bias), gathered, keyed as PEFT saves them."""
     from peft import get_peft_model_state_dict
 
     full = {k: gathered_cpu(v) for k, v in model.named_parameters() if "lora_" in k or "bias" in k}
-    state = get_peft_model_state_dict(model, state_dict=full)
+    state = get_peft_model_state_dict(model, state_dict=full, save_embedding_layers=False)
     if bias == "none":
         state = {k: v for k, v in state.items() if "lora_" in k}
     return state
@@ -414,6 +434,17 @@ def copy_tokenizer_model(trainer, output_dir):
 
 
 # ---- train --------------------------------------------------------------------------------------
+class _DropNotice(logging.Filter):
+    """Drops the log records whose message starts with `prefix`."""
+
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.prefix)
+
+
 @torch_init()  # new modules (projector, LoRA) get torch's init even if disable_torch_init() ran in this process
 def train(attn_implementation=None, argv=None):
     """Parse `argv` (default sys.argv[1:]), train, save. Returns the trainer."""
@@ -422,6 +453,12 @@ def train(attn_implementation=None, argv=None):
 
     model_args, data_args, training_args, pruning = parse_args(argv)
     check_training_pruning(pruning)
+    # DeepSpeed (imported by the Trainer when installed) warns on every machine without a GPU that it uses
+    # the CPU; that is what a CPU run asked for.
+    logging.getLogger("DeepSpeed").addFilter(_DropNotice("Setting accelerator to CPU"))
+    # --seed before the model is built (the Trainer seeds only later), so new weights (projector, LoRA) are
+    # the same for the same command, whatever ran before in the process
+    transformers.set_seed(training_args.seed)
     compute_dtype = torch.float16 if training_args.fp16 else (torch.bfloat16 if training_args.bf16 else torch.float32)
 
     model = load_llm(model_args, training_args, attn_implementation, compute_dtype)
@@ -431,7 +468,8 @@ def train(attn_implementation=None, argv=None):
     if training_args.bits in (4, 8):
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+        with quiet_peft():
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
 
@@ -445,7 +483,8 @@ def train(attn_implementation=None, argv=None):
         if training_args.bits == 16 and compute_dtype != torch.float32:
             model.to(compute_dtype)
         rank0_print("Adding LoRA adapters...")
-        model = get_peft_model(model, lora_config)
+        with quiet_peft():
+            model = get_peft_model(model, lora_config)
 
     tokenizer = load_tokenizer(resolve_checkpoint(model_args.model_name_or_path, "model_name_or_path"))
     tokenizer.model_max_length = training_args.model_max_length
@@ -496,7 +535,8 @@ def train(attn_implementation=None, argv=None):
     if training_args.lora_enable:
         if training_args.should_save:
             llava_model.config.save_pretrained(output_dir)
-            model.save_pretrained(output_dir, state_dict=lora_state_dict(model, training_args.lora_bias))
+            model.save_pretrained(output_dir, state_dict=lora_state_dict(model, training_args.lora_bias),
+                                  save_embedding_layers=embeddings_resized(model))
             torch.save(non_lora_state_dict(model), os.path.join(output_dir, "non_lora_trainables.bin"))
     else:
         safe_save_model_for_hf_trainer(trainer=trainer, output_dir=output_dir)

@@ -44,7 +44,7 @@ $LAUNCHER llava/train/train_mem.py \
     --tf32 True \
     --model_max_length 2048 \
     --gradient_checkpointing True \
-    --dataloader_num_workers 4 \
+    --dataloader_num_workers "$WORKERS" \
     --lazy_preprocess True \
     --report_to "$REPORT_TO" \
     ${PRUNING[@]+"${PRUNING[@]}"} "$@"
