@@ -7,7 +7,6 @@ unpruned and pruned; then the accuracy of a few methods at K tokens on a small f
 both regimes; and saves which patches each method keeps on the complex picture to
 <out>/kept_tokens.png (one panel per method).
 """
-import argparse
 import os
 import random
 import time
@@ -32,16 +31,22 @@ def answer(model, tokenizer, processor, image, question, pruning):
     return session.ask(question)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_out", help="where the pictures and kept_tokens.png go")
-    parser.add_argument("--model-path", default=MODEL)
-    parser.add_argument("--method", default="agile", help="the pruning method shown next to unpruned")
-    parser.add_argument("--k", type=int, default=64, help="visual tokens kept (of 576)")
-    parser.add_argument("--table-scenes", type=int, default=8, help="pictures per regime in the accuracy table")
-    args = parser.parse_args(argv)
+def build_parser():
+    from llava.pruning import METHODS
+    from llava.utils import entry_parser
 
-    from transformers.utils import logging as hf_logging
+    parser = entry_parser("llava.demo", __doc__)
+    parser.add_argument("--out", default="demo_out", help="where the pictures and kept_tokens.png go")
+    parser.add_argument("--model-path", default=MODEL, help="the testbed checkpoint")
+    parser.add_argument("--pruning-method", default="agile", choices=sorted(set(METHODS) - {"none"}),
+                        help="the pruning method shown next to unpruned")
+    parser.add_argument("--visual-token-num", type=int, default=64, help="K, visual tokens kept (of 576)")
+    parser.add_argument("--table-scenes", type=int, default=8, help="pictures per regime in the accuracy table")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     from llava.model.builder import load_pretrained_model
     from llava.pruning import PruningConfig
@@ -53,14 +58,12 @@ def main(argv=None):
     from llava.testbed.score import normalise
     from llava.testbed.world import render, sample_scene
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
     t0 = time.perf_counter()
     tokenizer, model, processor, _ = load_pretrained_model(args.model_path, None, "llava-testbed", device="cpu")
     print(f"checkpoint : {args.model_path} (trained on the shapes world; loaded in {time.perf_counter() - t0:.1f}s)")
     erank_avg = calibrated_erank_avg(args.model_path)
-    pruned = PruningConfig(method=args.method, visual_token_num=args.k, erank_avg=erank_avg)
+    pruned = PruningConfig(method=args.pruning_method, visual_token_num=args.visual_token_num, erank_avg=erank_avg)
 
     rng = random.Random(2026)
     shown = {}
@@ -73,7 +76,7 @@ def main(argv=None):
         image.save(path)
         shown[regime] = image
         print(f"\n{regime} picture {path}: " + ", ".join(o.name for o in scene.objects))
-        print(f"  {'question':<50} {'truth':>6} {'unpruned':>9} {args.method + '@' + str(args.k):>10}")
+        print(f"  {'question':<50} {'truth':>6} {'unpruned':>9} {pruned.method + '@' + str(pruned.visual_token_num):>10}")
         for q, truth in questions_about(scene, rng):
             full = answer(model, tokenizer, processor, image, q, None)
             cut = answer(model, tokenizer, processor, image, q, pruned)
@@ -87,10 +90,11 @@ def main(argv=None):
             scene = sample_scene(rng, regime)
             image = render(scene)
             items += [(regime, image, q, a) for q, a in questions_about(scene, rng)]
-    print(f"\naccuracy on {len(items)} questions ({args.table_scenes} pictures per regime), K={args.k}:")
+    print(f"\naccuracy on {len(items)} questions ({args.table_scenes} pictures per regime), K={args.visual_token_num}:")
     print(f"  {'method':<10} {'simple':>7} {'complex':>8}")
     for method in TABLE_METHODS:
-        cfg = None if method == "none" else PruningConfig(method=method, visual_token_num=args.k, erank_avg=erank_avg)
+        cfg = None if method == "none" else PruningConfig(method=method, visual_token_num=args.visual_token_num,
+                                                          erank_avg=erank_avg)
         right = {"simple": [], "complex": []}
         for regime, image, q, a in items:
             right[regime].append(normalise(answer(model, tokenizer, processor, image, q, cfg)) == normalise(a))
@@ -105,11 +109,11 @@ def main(argv=None):
     erank, entropy = effective_rank(features[0]).item(), attention_entropy(attention[0]).item()
     panels = []
     for method in TABLE_METHODS[1:]:
-        idx = select_visual_tokens(method, features[:1], attention[:1], args.k, **pruned.options())[0]
+        idx = select_visual_tokens(method, features[:1], attention[:1], args.visual_token_num, **pruned.options())[0]
         panels.append(render_panel(view, idx.tolist(), grid, f"{method}  K={idx.numel()}\nerank {erank:.1f}  H={entropy:.2f}"))
     out = os.path.join(args.out, "kept_tokens.png")
     contact_sheet(panels).save(out)
-    print(f"\nkept tokens of {', '.join(TABLE_METHODS[1:])} at K={args.k} on the complex picture -> {out}")
+    print(f"\nkept tokens of {', '.join(TABLE_METHODS[1:])} at K={args.visual_token_num} on the complex picture -> {out}")
 
 
 if __name__ == "__main__":

@@ -59,13 +59,15 @@ def test_visualize_bad_method(tiny_checkpoint, folder, capsys):
 
 
 def test_bench_runs_and_reports_identity(capsys):
-    bench.main(["--n", "96", "--k", "16", "--dim", "32", "--repeats", "1", "--tower", "none", "--device", "cpu"])
+    bench.main(["--n", "96", "--visual-token-num", "16", "--dim", "32", "--repeats", "1", "--tower", "none",
+                "--device", "cpu"])
     out = capsys.readouterr().out
     assert "| agile |" in out and "| visionzip |" in out and out.count("identical: True") == 3
 
 
 def test_bench_select_runs_and_reports_identity(capsys):
-    bench_select.main(["--n", "96", "--k", "16", "--d", "64", "--batch", "2", "--repeats", "1", "--device", "cpu"])
+    bench_select.main(["--n", "96", "--visual-token-num", "16", "--dim", "64", "--batch-size", "2", "--repeats", "1",
+                       "--device", "cpu"])
     out = capsys.readouterr().out
     assert "| agile |" in out and "| divprune |" in out and "speed-up" in out
     assert out.count("identical: True") == 3 and "identical: False" not in out

@@ -165,7 +165,7 @@ def test_score_cli_writes_per_type_score_files(tmp_path):
     ans = tmp_path / "a.jsonl"
     ans.write_text('{"question_id": 0, "text": "red"}\n{"question_id": 1, "text": "4"}\n')
     assert score.main(["vqa", "--truth", str(truth), "--result-file", str(ans), "--score-dir", str(tmp_path / "e"),
-                       "--ckpt", "c", "--method", "agile", "--k", "64"]) == 0
+                       "--ckpt", "c", "--pruning-method", "agile", "--visual-token-num", "64"]) == 0
     colour = json.load(open(tmp_path / "e" / "colour" / "scores" / "c" / "agile" / "k64.json"))
     counting = json.load(open(tmp_path / "e" / "counting" / "scores" / "c" / "agile" / "k64.json"))
     assert colour["score"] == 100.0 and counting["score"] == 0.0

@@ -1,4 +1,4 @@
-"""Speed and memory of visual-token pruning methods, stage by stage, on the model's own data path.
+"""Measure the speed and memory of visual-token pruning methods, stage by stage, on the model's own data path.
 
     python -m llava.eval.benchmark --random-weights small --methods none,fastervlm,agile --visual-token-num 64,192
     python -m llava.eval.benchmark --model-path liuhaotian/llava-v1.5-7b --device cuda --dtype float16 \\
@@ -56,7 +56,6 @@ scope, so "LLM tokens" is prompt + K x views; FastV shows "full/after" (its firs
 run at full length) and its K is over the whole image block, all views together. On a shared CPU use
 --threads 1: with more threads than free cores, OpenMP barriers turn contention into 5-50x outliers.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -67,10 +66,13 @@ import threading
 import time
 
 import torch
+from tqdm import tqdm
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.compat import output_cache
 from llava.pruning import MERGERS, PruningConfig, add_pruning_args, agile_reference_loop, select_visual_tokens
 from llava.pruning.methods import METHODS
+from llava.utils import entry_parser
 
 LLAMA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                 intermediate_size=11008, vocab_size=32000)
@@ -226,7 +228,7 @@ def stage_prefill(model, inputs_embeds, mask):
 
     out = model(inputs_embeds=inputs_embeds, attention_mask=mask, past_key_values=DynamicCache(), use_cache=True,
                 logits_to_keep=1)
-    return out.logits[:, -1].argmax(-1, keepdim=True), out.past_key_values
+    return out.logits[:, -1].argmax(-1, keepdim=True), output_cache(out)
 
 
 def stage_decode(model, token, cache, mask, steps):
@@ -429,25 +431,31 @@ def time_configs(model, cfgs, inputs, args, device):
     shared machine hits all methods alike; --order blocked: all repeats of one configuration together.
     Returns per configuration (list of stage-ms dicts, last (tokens, kv bytes, inputs_embeds, FastV span))."""
     runs, last = [[] for _ in cfgs], [None] * len(cfgs)
+    # progress on stderr, on a terminal only (disable=None), and gone once done (the tables follow)
+    bar = tqdm(total=len(cfgs) * (args.warmup + args.repeats), desc="timing", unit="run", file=sys.stderr,
+               disable=None, leave=False)
 
     def one(i, keep):
+        bar.set_postfix_str(f"{cfgs[i].method} K={cfgs[i].visual_token_num}", refresh=False)
         model.set_pruning(cfgs[i])
         stages, tokens, kv, embeds = run_once(model, inputs, args.new_tokens, device)
         last[i] = (tokens, kv, embeds, model._image_span)
         if keep:
             runs[i].append(stages)
+        bar.update()
 
-    if args.order == "blocked":
-        for i in range(len(cfgs)):
-            for r in range(args.warmup + args.repeats):
-                one(i, r >= args.warmup)
-    else:
-        for i in range(len(cfgs)):
-            for _ in range(args.warmup):
-                one(i, False)
-        for _ in range(args.repeats):
+    with bar:
+        if args.order == "blocked":
             for i in range(len(cfgs)):
-                one(i, True)
+                for r in range(args.warmup + args.repeats):
+                    one(i, r >= args.warmup)
+        else:
+            for i in range(len(cfgs)):
+                for _ in range(args.warmup):
+                    one(i, False)
+            for _ in range(args.repeats):
+                for i in range(len(cfgs)):
+                    one(i, True)
     return runs, last
 
 
@@ -644,28 +652,29 @@ def plot(report, path):
 
 # ---- command line -------------------------------------------------------------------------------------
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], conflict_handler="resolve",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = entry_parser("llava.eval.benchmark", __doc__, conflict_handler="resolve")
     add_pruning_args(parser)  # the shared options (--fastv-layer, --erank-avg, ...); method and K are lists here
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model-path", help="a checkpoint folder (or a hub id already in the HF cache)")
     which.add_argument("--random-weights", choices=list(PRESETS), help="random weights with these shapes")
-    parser.add_argument("--methods", "--pruning-method", dest="methods",
+    parser.add_argument("--methods", "--pruning-method", dest="methods", metavar="METHOD[,METHOD...]",
                         default="none,fastv,fastervlm,divprune,vispruner,visionzip,agile,mix",
                         help="comma-separated pruning methods (none is run once)")
-    parser.add_argument("--visual-token-num", dest="visual_token_nums", default="64,128,192",
-                        help="comma-separated K values")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--visual-token-num", dest="visual_token_nums", metavar="K[,K...]", default="64,128,192",
+                        help="comma-separated K values (visual embeddings kept per image)")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per forward, each with its own image")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens in the prompt (image excluded)")
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated (first token included)")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
-                        help="default: float16 on CUDA; on CPU float32 (bfloat16 for the llava-* shapes)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+                        help="weights and activations (default: float16 on CUDA; on CPU float32, bfloat16 for "
+                             "the llava-* shapes)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda, cpu, mps, ...")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (figures are medians)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration before the timed ones")
     parser.add_argument("--order", choices=["interleaved", "blocked"], default="interleaved",
                         help="interleaved: each repeat runs every configuration once (fair under varying load)")
-    parser.add_argument("--seed", dest="bench_seed", type=int, default=0,
+    parser.add_argument("--seed", dest="bench_seed", metavar="SEED", type=int, default=0,
                         help="weights (random-weights), prompt ids and pixels (--pruning-seed: the random method)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--no-check", action="store_true",
@@ -673,7 +682,7 @@ def build_parser():
     parser.add_argument("--no-agile-loop", action="store_true", help="skip agile vs agile_reference_loop")
     parser.add_argument("--out", help="write every raw figure as JSON here")
     parser.add_argument("--markdown", help="write the tables as Markdown here")
-    parser.add_argument("--plot", help="write a PNG (needs matplotlib)")
+    parser.add_argument("--plot", help="write the figures as a PNG plot here (needs matplotlib)")
     return parser
 
 
@@ -780,11 +789,13 @@ def main(argv=None):
     print(f"  timed {len(cfgs)} configurations x {args.repeats} runs ({args.order}): "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     results = []
-    for cfg, cfg_runs, cfg_last in zip(cfgs, runs, last):
+    passes = "memory" + ("" if args.no_check else " + check")
+    for cfg, cfg_runs, cfg_last in tqdm(list(zip(cfgs, runs, last)), desc=passes, unit="config", file=sys.stderr,
+                                        disable=None, leave=False):
         t0 = time.perf_counter()
         results.append(bench_config(model, cfg, cfg_runs, cfg_last, inputs, args, device, shape, reference))
-        print(f"  {cfg.method} K={cfg.visual_token_num}: memory{'' if args.no_check else ' + check'} pass "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        tqdm.write(f"  {cfg.method} K={cfg.visual_token_num}: {passes} pass {time.perf_counter() - t0:.1f} s",
+                   file=sys.stderr)
     model.set_pruning(None)
     base = next((r for r in results if r["method"] == "none"), None)
     base_flops = base["prefill_flops"] if base else prefill_flops(n_full, n_full, shape["layers"], shape["d"],

@@ -1,4 +1,4 @@
-"""CHAIR object-hallucination metrics for image captions (Rohrbach et al. 2018), offline.
+"""Compute the CHAIR object-hallucination metrics of image captions (Rohrbach et al. 2018), offline.
 
     python -m llava.eval.chair --cap-file captions.jsonl --annotation-file instances_val2014.json \\
         [--object-lists objects.json] [--coco-captions-file captions_val2014.json] [--out details.json] \\
@@ -25,12 +25,12 @@ Metrics (all in %, except len):
 - len: mean caption length in words (whitespace split).
 Headline "score": chair_s (the first CHAIR column of the AgilePruner table; lower is better).
 """
-import argparse
 import re
 from collections import OrderedDict
 
 from llava.eval.scoring_io import ScoringInputError, field, read_json, read_jsonl, run_cli, write_json, \
     write_score_file
+from llava.utils import entry_parser
 
 # canonical COCO category: synonyms (the canonical name counts as its own synonym)
 _SYNONYMS = """
@@ -310,15 +310,24 @@ def chair_from_files(cap_file, annotation_file=None, object_lists=None, coco_cap
     return chair_scores(captions, {k: sorted(v) for k, v in gt.items()})
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cap-file", type=str, required=True)
-    parser.add_argument("--annotation-file", type=str, default=None)
-    parser.add_argument("--object-lists", type=str, default=None)
-    parser.add_argument("--coco-captions-file", type=str, default=None)
+def build_parser():
+    parser = entry_parser("llava.eval.chair", __doc__)
+    parser.add_argument("--cap-file", type=str, required=True,
+                        help='captions JSONL {"image_id" (or "question_id", or "image"), "text"} (from model_caption)')
+    parser.add_argument("--annotation-file", type=str, default=None,
+                        help="COCO instances JSON (instances_val2014.json): ground-truth objects per image")
+    parser.add_argument("--object-lists", type=str, default=None,
+                        help="ground-truth objects as a JSON {image_id: [object names]}")
+    parser.add_argument("--coco-captions-file", type=str, default=None,
+                        help="COCO captions JSON (captions_val2014.json): also count objects its reference "
+                             "captions name")
     parser.add_argument("--out", type=str, default=None, help="metrics plus per-caption details (JSON)")
     parser.add_argument("--score-file", type=str, default=None, help="metrics only (JSON)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     def body():
         m = chair_from_files(args.cap_file, args.annotation_file, args.object_lists, args.coco_captions_file)

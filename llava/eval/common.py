@@ -10,7 +10,6 @@ Answer files keep upstream's format (`question_id`, `prompt`, `text`, `answer_id
 With `--pruning-stats`, `metadata.pruning` holds the image's erank of all and of kept tokens, attention
 entropy, kept token count and pruning time (means over the image's views for LLaVA-1.6).
 """
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from llava.eval.scoring_io import read_json as _read_json
 from llava.eval.scoring_io import read_jsonl as _read_jsonl
 from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
 from llava.pruning import PruningConfig, add_pruning_args
+from llava.utils import available_cpus, entry_parser
 
 
 # Bad eval input (question file, image, TSV row): the message names the file and line. The same class
@@ -120,8 +120,10 @@ class AnswerFile:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.close()
+        if exc_type is KeyboardInterrupt:  # run_main says what was kept
+            exc.answers_kept = (len(self.done), self.path)
 
 
 def answer_record(question_id, prompt, text, model_id, metadata=None, **extra):
@@ -132,29 +134,36 @@ def answer_record(question_id, prompt, text, model_id, metadata=None, **extra):
 
 
 # ---- arguments and model ------------------------------------------------------------------------------
-def eval_parser(description, question_file="tables/question.jsonl", conv_mode="llava_v1", max_new_tokens=1024,
+def eval_parser(module, doc, question_file="tables/question.jsonl", conv_mode="llava_v1", max_new_tokens=1024,
                 sampling=True, num_workers=0):
-    """Upstream's model_vqa arguments + --device, --max_new_tokens, --batch-size, --num-workers,
-    --no-resume and the pruning flags (the same set in every generator, so scripts can pass one list)."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model-path", type=str, default="facebook/opt-350m")
-    p.add_argument("--model-base", type=str, default=None)
-    p.add_argument("--image-folder", type=str, default="")
-    p.add_argument("--question-file", type=str, default=question_file)
-    p.add_argument("--answers-file", type=str, default="answer.jsonl")
-    p.add_argument("--conv-mode", type=str, default=conv_mode)
-    p.add_argument("--num-chunks", type=int, default=1)
-    p.add_argument("--chunk-idx", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.2)
+    """The parser of the generator `python -m <module>` (description from its docstring `doc`): upstream's
+    model_vqa arguments + --device, --max-new-tokens, --batch-size, --num-workers, --no-resume and the
+    pruning flags (the same set in every generator, so scripts can pass one list). num_workers: upstream's
+    default, capped at the CPUs this machine has."""
+    p = entry_parser(module, doc)
+    p.add_argument("--model-path", type=str, default="facebook/opt-350m",
+                   help="checkpoint folder, or a hub id already in the Hugging Face cache")
+    p.add_argument("--model-base", type=str, default=None, help="the base LLM of a LoRA or projector-only checkpoint")
+    p.add_argument("--image-folder", type=str, default="", help="folder the question file's image names are in")
+    p.add_argument("--question-file", type=str, default=question_file, help="the questions (JSON lines or JSON)")
+    p.add_argument("--answers-file", type=str, default="answer.jsonl",
+                   help="where answers go, one JSON line each (resumed if it exists)")
+    p.add_argument("--conv-mode", type=str, default=conv_mode, help="conversation template")
+    p.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks (one per GPU)")
+    p.add_argument("--chunk-idx", type=int, default=0, help="the chunk this process answers, in [0, --num-chunks)")
+    p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 answers greedily")
     if sampling:
-        p.add_argument("--top_p", type=float, default=None)
-        p.add_argument("--num_beams", type=int, default=1)
-    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, help="nucleus sampling mass")
+        p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1, help="beam search width")
+    p.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=max_new_tokens,
+                   help="longest answer, in tokens")
+    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cpu, mps, ...")
     p.add_argument("--vision-tower", type=str, default=None, help="overrides the config's mm_vision_tower")
     p.add_argument("--batch-size", type=int, default=1,
                    help="prompts per generate call (left-padded; greedy answers equal batch size 1)")
-    p.add_argument("--num-workers", type=int, default=num_workers, help="DataLoader workers loading images")
+    p.add_argument("--num-workers", type=int, default=min(num_workers, available_cpus()),
+                   help="DataLoader worker processes loading images (0: in the main process)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="overwrite the answers file instead of skipping questions already answered")
     add_pruning_args(p)
@@ -294,6 +303,11 @@ def run_main(main, argv=None, parser=None):
     except (FileNotFoundError, EvalInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        kept = getattr(e, "answers_kept", None)
+        print("\ninterrupted" + (f": {kept[0]} answers kept in {kept[1]}; run the same command again to resume"
+                                 if kept else ""), file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,6 +1,6 @@
-"""Answers JSONL -> the official MME results layout (the eval.zip step): one `<subtask>.txt` per subtask,
-lines "image<TAB>question<TAB>gt<TAB>answer", in answer order, read by the official calculation.py and by
-llava.eval.eval_mme.
+"""Convert an MME answers JSONL to the official MME results layout (the eval.zip step). It writes one
+`<subtask>.txt` per subtask, lines "image<TAB>question<TAB>gt<TAB>answer" in answer order, which the
+official calculation.py and llava.eval.eval_mme read.
 
 Upstream CLI, run inside playground/data/eval/MME: `python -m llava.eval.convert_answer_to_mme
 --experiment CKPT` reads answers/CKPT.jsonl and MME_Benchmark_release_version/, writes
@@ -13,11 +13,11 @@ with the LLaVA suffix "Answer the question using a single word or phrase." remov
 " Please answer yes or no." put back (also tried with two spaces, as some official files have).
 Tabs and newlines inside an answer become spaces (upstream wrote them raw, which breaks the format).
 """
-import argparse
 import os
 from collections import OrderedDict
 
 from llava.eval.scoring_io import ScoringInputError, field, read_jsonl, run_cli
+from llava.utils import entry_parser
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 YES_NO = " Please answer yes or no."
@@ -98,13 +98,21 @@ def write_mme_results(rows, result_dir):
     return paths
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.convert_answer_to_mme", __doc__)
+    parser.add_argument("--experiment", type=str, required=True,
+                        help="the run's name (checkpoint): picks the answers file and the result folder")
+    parser.add_argument("--answers-file", type=str, default=None,
+                        help="answers JSONL (default: answers/<experiment>.jsonl)")
+    parser.add_argument("--data-path", type=str, default="MME_Benchmark_release_version",
+                        help="the MME benchmark folder (ground truth)")
+    parser.add_argument("--result-dir", type=str, default=None,
+                        help="folder for the <subtask>.txt files (default: eval_tool/answers/<experiment>)")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", type=str, required=True)
-    parser.add_argument("--answers-file", type=str, default=None, help="default answers/<experiment>.jsonl")
-    parser.add_argument("--data-path", type=str, default="MME_Benchmark_release_version")
-    parser.add_argument("--result-dir", type=str, default=None, help="default eval_tool/answers/<experiment>")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     answers_file = args.answers_file or os.path.join("answers", f"{args.experiment}.jsonl")
     result_dir = args.result_dir or os.path.join("eval_tool", "answers", args.experiment)
     return run_cli(lambda: write_mme_results(answers_to_mme_rows(answers_file, load_mme_gt(args.data_path)),

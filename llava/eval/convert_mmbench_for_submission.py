@@ -1,6 +1,9 @@
-"""Answers -> MMBench upload sheet (upstream CLI): `python scripts/convert_mmbench_for_submission.py
---annotation-file mmbench_dev_20230712.tsv --result-dir answers/SPLIT --upload-dir answers_upload/SPLIT
---experiment CKPT`.
+"""Convert MMBench answers to the sheet uploaded to the MMBench evaluation server (upstream's CLI).
+
+    python -m llava.eval.convert_mmbench_for_submission --annotation-file mmbench_dev_20230712.tsv \\
+        --result-dir answers/SPLIT --upload-dir answers_upload/SPLIT --experiment CKPT
+
+(`python scripts/convert_mmbench_for_submission.py`, upstream's path, runs the same.)
 
 Reads `<result-dir>/<experiment>.jsonl`; takes the TSV's rows without the columns hint, category, source,
 image, comment, l2-category; inserts a "prediction" column as the 7th column (the answer whose
@@ -9,12 +12,12 @@ Writes `<upload-dir>/<experiment>.tsv` always and `<upload-dir>/<experiment>.xls
 takes) when openpyxl is installed; without openpyxl it stops with an error saying `pip install openpyxl`
 after writing the TSV. Server-scored: no local score.
 """
-import argparse
 import csv
 import os
 import sys
 
 from llava.eval.scoring_io import ScoringInputError, field, qid_key, read_jsonl, run_cli
+from llava.utils import entry_parser
 
 DROP = ["hint", "category", "source", "image", "comment", "l2-category"]
 
@@ -82,13 +85,20 @@ def write_sheet(header, rows, upload_dir, experiment):
     return [tsv, xlsx]
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.convert_mmbench_for_submission", __doc__)
+    parser.add_argument("--annotation-file", type=str, required=True,
+                        help="the MMBench TSV the questions came from (mmbench_dev_20230712.tsv)")
+    parser.add_argument("--result-dir", type=str, required=True,
+                        help="folder holding the answers JSONL <experiment>.jsonl (from model_vqa_mmbench)")
+    parser.add_argument("--upload-dir", type=str, required=True,
+                        help="folder for <experiment>.tsv and <experiment>.xlsx (the upload)")
+    parser.add_argument("--experiment", type=str, required=True, help="the run's name (checkpoint): the file stem")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--annotation-file", type=str, required=True)
-    parser.add_argument("--result-dir", type=str, required=True)
-    parser.add_argument("--upload-dir", type=str, required=True)
-    parser.add_argument("--experiment", type=str, required=True)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     result_file = os.path.join(args.result_dir, f"{args.experiment}.jsonl")
     return run_cli(lambda: write_sheet(*build_sheet(args.annotation_file, result_file), args.upload_dir,
                                        args.experiment))

@@ -1,10 +1,12 @@
-"""Answers JSONL -> MM-Vet grader input (upstream CLI): `python scripts/convert_mmvet_for_eval.py
---src answers/CKPT.jsonl --dst results/CKPT.json`: a JSON object {"v1_<question_id>": answer text}, the
-format the official MM-Vet GPT-4 grader reads. Server/GPT-scored: no local score.
-"""
-import argparse
+"""Convert an MM-Vet answers JSONL to the input of the official MM-Vet GPT-4 grader (upstream's CLI). The
+output is a JSON object {"v1_<question_id>": answer text}. MM-Vet is scored by GPT-4, so there is no local score.
 
+    python -m llava.eval.convert_mmvet_for_eval --src answers/CKPT.jsonl --dst results/CKPT.json
+
+(`python scripts/convert_mmvet_for_eval.py`, upstream's path, runs the same.)
+"""
 from llava.eval.scoring_io import field, read_jsonl, run_cli, write_json
+from llava.utils import entry_parser
 
 
 def convert_mmvet(src, dst):
@@ -15,11 +17,16 @@ def convert_mmvet(src, dst):
     return out
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.convert_mmvet_for_eval", __doc__)
+    parser.add_argument("--src", type=str, required=True, help="answers JSONL (from model_vqa)")
+    parser.add_argument("--dst", type=str, required=True,
+                        help='grader input to write: a JSON object {"v1_<question_id>": answer text}')
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--src", type=str, required=True)
-    parser.add_argument("--dst", type=str, required=True)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_mmvet(args.src, args.dst))
 
 

@@ -1,6 +1,9 @@
-"""SEED-Bench accuracies and upload file (upstream CLI): `python scripts/convert_seed_for_submission.py
---annotation-file SEED-Bench.json --result-file merge.jsonl --result-upload-file upload.jsonl
-[--score-file scores.json]`.
+"""Score SEED-Bench answers and write the upload file (upstream's CLI).
+
+    python -m llava.eval.convert_seed_for_submission --annotation-file SEED-Bench.json \\
+        --result-file merge.jsonl --result-upload-file upload.jsonl [--score-file scores.json]
+
+(`python scripts/convert_seed_for_submission.py`, upstream's path, runs the same.)
 
 SEED-Bench.json: {"question_type": {name: id}, "questions": [{"question_id", "question_type_id",
 "data_type" ("image"/"video"), "answer" (letter)}]}. A prediction is right when the answer text equals
@@ -9,11 +12,11 @@ type, in total, on image and on video questions; writes JSONL {"question_id", "p
 question ("" for an unanswered one, with a warning; upstream crashed). Headline "score": the image
 accuracy in % (SEED-I).
 """
-import argparse
 import json
 import os
 
 from llava.eval.scoring_io import field, qid_key, read_json, read_jsonl, run_cli, write_score_file
+from llava.utils import entry_parser
 
 
 def _accuracy(questions, results, data_type=None):
@@ -61,13 +64,19 @@ def seed_eval(annotation_file, result_file):
     return metrics, questions, results
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.convert_seed_for_submission", __doc__)
+    parser.add_argument("--annotation-file", type=str, required=True,
+                        help="the SEED-Bench questions JSON (SEED-Bench.json)")
+    parser.add_argument("--result-file", type=str, required=True, help="answers JSONL (from model_vqa_loader)")
+    parser.add_argument("--result-upload-file", type=str, required=True,
+                        help='upload file to write: JSONL {"question_id", "prediction"}')
+    parser.add_argument("--score-file", type=str, default=None, help="also write the scores here (JSON)")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--annotation-file", type=str, required=True)
-    parser.add_argument("--result-file", type=str, required=True)
-    parser.add_argument("--result-upload-file", type=str, required=True)
-    parser.add_argument("--score-file", type=str, default=None)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body():
         m, questions, results = seed_eval(args.annotation_file, args.result_file)

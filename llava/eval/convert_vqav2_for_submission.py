@@ -1,5 +1,9 @@
-"""Answers -> VQAv2 EvalAI upload (upstream CLI): `python scripts/convert_vqav2_for_submission.py
---split llava_vqav2_mscoco_test-dev2015 --ckpt CKPT [--dir ./playground/data/eval/vqav2]`.
+"""Convert VQAv2 answers to the file uploaded to the EvalAI server (upstream's CLI).
+
+    python -m llava.eval.convert_vqav2_for_submission --split llava_vqav2_mscoco_test-dev2015 --ckpt CKPT \\
+        [--dir ./playground/data/eval/vqav2]
+
+(`python scripts/convert_vqav2_for_submission.py`, upstream's path, runs the same.)
 
 Reads `<dir>/answers/<split>/<ckpt>/merge.jsonl` and the full test list
 `<dir>/llava_vqav2_mscoco_test2015.jsonl`; writes `<dir>/answers_upload/<split>/<ckpt>.json`, a JSON list
@@ -7,11 +11,11 @@ of {"question_id", "answer"} over every test question (EvalAI wants all of test2
 the answer normalised by EvalAIAnswerProcessor and "" when unanswered. Malformed answer lines are skipped
 and reported by line number (upstream counted them). Server-scored: no local score.
 """
-import argparse
 import os
 
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
 from llava.eval.scoring_io import field, qid_key, read_jsonl, run_cli, write_json
+from llava.utils import entry_parser
 
 
 def load_answers(path, what):
@@ -37,12 +41,19 @@ def convert_vqav2(src, test_split_file, dst):
     return out
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.convert_vqav2_for_submission", __doc__)
+    parser.add_argument("--dir", type=str, default="./playground/data/eval/vqav2",
+                        help="the VQAv2 eval folder (answers/, answers_upload/ and the test question list)")
+    parser.add_argument("--ckpt", type=str, required=True,
+                        help="the run's name: reads answers/<split>/<ckpt>/merge.jsonl")
+    parser.add_argument("--split", type=str, required=True,
+                        help="the answers' split folder (llava_vqav2_mscoco_test-dev2015)")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", type=str, default="./playground/data/eval/vqav2")
-    parser.add_argument("--ckpt", type=str, required=True)
-    parser.add_argument("--split", type=str, required=True)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     src = os.path.join(args.dir, "answers", args.split, args.ckpt, "merge.jsonl")
     test_split = os.path.join(args.dir, "llava_vqav2_mscoco_test2015.jsonl")
     dst = os.path.join(args.dir, "answers_upload", args.split, f"{args.ckpt}.json")

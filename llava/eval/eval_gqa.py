@@ -1,6 +1,7 @@
-"""GQA accuracy on testdev-balanced, scored as the official eval.py does (exact string match):
-`python -m llava.eval.eval_gqa --predictions testdev_balanced_predictions.json
---questions testdev_balanced_questions.json [--score-file scores.json]`.
+"""Score GQA predictions on testdev-balanced as the official eval.py does (exact string match).
+
+    python -m llava.eval.eval_gqa --predictions testdev_balanced_predictions.json \\
+        --questions testdev_balanced_questions.json [--score-file scores.json]
 
 Predictions: the JSON list [{"questionId", "prediction"}] written by convert_gqa_for_eval. Questions:
 the official {qid: {"answer", "isBalanced", "types": {"structural"}, ...}}. Accuracy is the fraction of
@@ -10,9 +11,8 @@ the result then says how many were missing). Also reported, as the official scri
 "binary" (structural type other than "query") and "open" ("query") questions.
 Headline "score": accuracy in %.
 """
-import argparse
-
 from llava.eval.scoring_io import ScoringInputError, field, qid_key, read_json, run_cli, write_score_file
+from llava.utils import entry_parser
 
 
 def gqa_scores(predictions_file, questions_file, allow_missing=False):
@@ -48,13 +48,20 @@ def gqa_scores(predictions_file, questions_file, allow_missing=False):
             "accuracy": accuracy, "binary": pct(scores["binary"]), "open": pct(scores["open"]), "score": accuracy}
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.eval_gqa", __doc__)
+    parser.add_argument("--predictions", type=str, required=True,
+                        help='predictions JSON: a list of {"questionId", "prediction"} (from convert_gqa_for_eval)')
+    parser.add_argument("--questions", type=str, required=True,
+                        help="the official questions JSON (testdev_balanced_questions.json)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score only the answered questions (partial runs) instead of failing on a missing one")
+    parser.add_argument("--score-file", type=str, default=None, help="also write the scores here (JSON)")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--predictions", type=str, required=True)
-    parser.add_argument("--questions", type=str, required=True)
-    parser.add_argument("--allow-missing", action="store_true")
-    parser.add_argument("--score-file", type=str, default=None)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body():
         m = gqa_scores(args.predictions, args.questions, args.allow_missing)

@@ -1,4 +1,4 @@
-"""MME scorer, computed as the official eval_tool/calculation.py does.
+"""Score MME answers as the official eval_tool/calculation.py does.
 
     python -m llava.eval.eval_mme --results-dir eval_tool/answers/CKPT           # official layout
     python -m llava.eval.eval_mme --answers-file answers/CKPT.jsonl \\
@@ -19,12 +19,12 @@ questions of an image share the id). Headline "score": the perception total (the
 of AgilePruner's 13B/NeXT tables); `--headline total` makes it perception + cognition, which is what
 the AgilePruner 7B table prints (1862 for the full model).
 """
-import argparse
 import os
 from collections import OrderedDict
 
 from llava.eval.convert_answer_to_mme import answers_to_mme_rows, load_mme_gt
 from llava.eval.scoring_io import ScoringInputError, field, qid_key, read_jsonl, run_cli, write_score_file
+from llava.utils import entry_parser
 
 EVAL_TYPES = {
     "perception": ["existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
@@ -141,16 +141,26 @@ def print_scores(m):
         print("missing subtasks (counted 0):", ", ".join(m["missing_subtasks"]))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results-dir", "--results_dir", dest="results_dir", type=str, default=None)
-    parser.add_argument("--answers-file", type=str, default=None)
-    parser.add_argument("--data-path", type=str, default=None)
-    parser.add_argument("--question-file", type=str, default=None)
-    parser.add_argument("--score-file", type=str, default=None)
+def build_parser():
+    parser = entry_parser("llava.eval.eval_mme", __doc__)
+    parser.add_argument("--results-dir", "--results_dir", dest="results_dir", type=str, default=None,
+                        help="the official results layout: a folder of <subtask>.txt files "
+                             "(from convert_answer_to_mme); or give --answers-file")
+    parser.add_argument("--answers-file", type=str, default=None,
+                        help="answers JSONL (from model_vqa_loader); needs --data-path or --question-file")
+    parser.add_argument("--data-path", type=str, default=None,
+                        help="with --answers-file: the MME_Benchmark_release_version folder (ground truth)")
+    parser.add_argument("--question-file", type=str, default=None,
+                        help='with --answers-file: a question JSONL whose lines carry an "answer" (ground truth)')
+    parser.add_argument("--score-file", type=str, default=None, help="also write the scores here (JSON)")
     parser.add_argument("--headline", choices=["perception", "total"], default="perception",
                         help="what the score file's 'score' is: perception (LLaVA; AgilePruner 13B/NeXT tables) "
                              "or total = perception + cognition (AgilePruner 7B table)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.results_dir is None) == (args.answers_file is None):
         parser.error("give exactly one of --results-dir and --answers-file")

@@ -1,5 +1,7 @@
-"""POPE scorer (upstream CLI): `python -m llava.eval.eval_pope --annotation-dir pope/coco
---question-file llava_pope_test.jsonl --result-file answers.jsonl [--score-file scores.json]`.
+"""Score POPE answers as upstream's eval_pope does (same command-line interface).
+
+    python -m llava.eval.eval_pope --annotation-dir pope/coco --question-file llava_pope_test.jsonl \\
+        --result-file answers.jsonl [--score-file scores.json]
 
 For every `coco_pope_<split>.json` in the annotation dir (JSON lines with `label` "yes"/"no"; other
 files are skipped), the answers whose question has `category == <split>` are paired with the labels **by position** (answers
@@ -9,10 +11,10 @@ spaces, contains the word "No", "no" or "not"; otherwise "yes". Per split: TP, F
 precision, recall, F1, yes-ratio (precision/recall/F1 are 0 when their denominator is 0, where upstream
 divides by zero). Headline "score": the mean F1 over the splits present, x100 (LLaVA's POPE column).
 """
-import argparse
 import os
 
 from llava.eval.scoring_io import ScoringInputError, field, qid_key, read_jsonl, run_cli, write_score_file
+from llava.utils import entry_parser
 
 
 def answer_to_label(text):
@@ -86,13 +88,19 @@ def pope_scores(annotation_dir, question_file, result_file, verbose=False):
     return {"splits": splits, "f1_mean": f1_mean, "accuracy_mean": acc_mean, "score": f1_mean}
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.eval_pope", __doc__)
+    parser.add_argument("--annotation-dir", type=str, required=True,
+                        help='folder of coco_pope_<split>.json label files (JSON lines with "label" yes/no)')
+    parser.add_argument("--question-file", type=str, required=True,
+                        help='the question JSONL the answers were generated from (its "category" is the split)')
+    parser.add_argument("--result-file", type=str, required=True, help="answers JSONL, in question-file order")
+    parser.add_argument("--score-file", type=str, default=None, help="also write the scores here (JSON)")
+    return parser
+
+
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--annotation-dir", type=str, required=True)
-    parser.add_argument("--question-file", type=str, required=True)
-    parser.add_argument("--result-file", type=str, required=True)
-    parser.add_argument("--score-file", type=str, default=None)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
-"""ScienceQA scorer (upstream CLI): `python -m llava.eval.eval_science_qa --base-dir scienceqa
---result-file answers.jsonl --output-file X_output.jsonl --output-result X_result.json [--split test]
-[--score-file scores.json]`.
+"""Score ScienceQA answers as upstream's eval_science_qa does (same command-line interface).
+
+    python -m llava.eval.eval_science_qa --base-dir scienceqa --result-file answers.jsonl \\
+        --output-file X_output.jsonl --output-result X_result.json [--split test] [--score-file scores.json]
 
 Reads `<base-dir>/pid_splits.json` (split -> problem ids) and `<base-dir>/problems.json` (id ->
 {"choices", "answer" (index), "image", ...}). Each answer's text is parsed to a letter: the text itself
@@ -12,12 +13,12 @@ Outputs as upstream: the analysis {"correct": [...], "incorrect": [...]} and
 {"acc", "correct", "count", "results": {pid: choice index or -1}, "outputs": {pid: text}}.
 Headline "score": IMG-Accuracy in % (the SQA-IMG column of the LLaVA and AgilePruner tables).
 """
-import argparse
 import os
 import re
 
 from llava.eval.scoring_io import (ScoringInputError, field, qid_key, read_json, read_jsonl, run_cli, write_json,
                                    write_score_file)
+from llava.utils import entry_parser
 
 OPTIONS = ["A", "B", "C", "D", "E"]
 _ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
@@ -86,16 +87,25 @@ def science_qa_eval(base_dir, result_file, split="test", options=OPTIONS):
     return metrics, analysis, sqa
 
 
+def build_parser():
+    parser = entry_parser("llava.eval.eval_science_qa", __doc__)
+    parser.add_argument("--base-dir", type=str, required=True,
+                        help="the ScienceQA data folder, holding pid_splits.json and problems.json")
+    parser.add_argument("--result-file", type=str, required=True, help="answers JSONL (from model_vqa_science)")
+    parser.add_argument("--output-file", type=str, default=None,
+                        help='write the per-question analysis here (JSON: {"correct": [...], "incorrect": [...]})')
+    parser.add_argument("--output-result", type=str, default=None,
+                        help='write upstream\'s result summary here (JSON: {"acc", "correct", "count", "results", '
+                             '"outputs"})')
+    parser.add_argument("--split", type=str, default="test", help="the split of pid_splits.json to score")
+    parser.add_argument("--options", type=list, default=OPTIONS,
+                        help="the answer letters, written as one string (ABCDE)")
+    parser.add_argument("--score-file", type=str, default=None, help="also write the scores here (JSON)")
+    return parser
+
+
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base-dir", type=str, required=True)
-    parser.add_argument("--result-file", type=str, required=True)
-    parser.add_argument("--output-file", type=str, default=None)
-    parser.add_argument("--output-result", type=str, default=None)
-    parser.add_argument("--split", type=str, default="test")
-    parser.add_argument("--options", type=list, default=OPTIONS)
-    parser.add_argument("--score-file", type=str, default=None)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):

@@ -1,17 +1,19 @@
-"""TextVQA accuracy (upstream CLI): `python -m llava.eval.eval_textvqa --annotation-file
-TextVQA_0.5.1_val.json --result-file answers.jsonl [--result-dir DIR] [--score-file scores.json]`.
+"""Score TextVQA answers as upstream's eval_textvqa does (same command-line interface).
+
+    python -m llava.eval.eval_textvqa --annotation-file TextVQA_0.5.1_val.json --result-file answers.jsonl \\
+        [--result-dir DIR] [--score-file scores.json]
 
 Each answer line is matched to its annotation by (image_id, lower-cased question): the LLaVA TextVQA
 question file uses the image id as `question_id`, and the question is recovered from the answer's
 `prompt` (formats below). Accuracy is the soft VQA accuracy of m4c_evaluator.TextVQAAccuracyEvaluator.
 Headline "score": accuracy in % (as in the LLaVA and AgilePruner tables).
 """
-import argparse
 import os
 import re
 
 from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
 from llava.eval.scoring_io import ScoringInputError, field, read_json, read_jsonl, run_cli, write_score_file
+from llava.utils import entry_parser
 
 
 def prompt_processor(prompt):
@@ -64,14 +66,19 @@ def eval_single(annotation_file, result_file):
     return metrics
 
 
-def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--annotation-file", type=str, required=True)
-    parser.add_argument("--result-file", type=str)
-    parser.add_argument("--result-dir", type=str)
+def build_parser():
+    parser = entry_parser("llava.eval.eval_textvqa", __doc__)
+    parser.add_argument("--annotation-file", type=str, required=True,
+                        help="the TextVQA annotations JSON (TextVQA_0.5.1_val.json)")
+    parser.add_argument("--result-file", type=str, help="answers JSONL to score (from model_vqa_loader)")
+    parser.add_argument("--result-dir", type=str, help="score every *.jsonl answers file in this folder")
     parser.add_argument("--score-file", type=str, default=None,
                         help="write the metrics of --result-file (or of the last file in --result-dir) as JSON")
-    return parser.parse_args(argv)
+    return parser
+
+
+def get_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Tiny stand-ins for every benchmark, in the real file formats and at the paths the eval scripts read.
+"""Write tiny stand-ins for every benchmark, in the real file formats and at the paths the eval scripts read.
 
     python -m llava.eval.fixtures --out /tmp/eval   # then EVAL_DIR=/tmp/eval bash scripts/v1_5/eval/pope.sh
 
@@ -6,13 +6,14 @@ A handful of questions per benchmark about generated pictures (coloured shapes),
 where the benchmark has a local scorer, so every pipeline (generate, convert, score) runs end to end
 on a generated tiny checkpoint without any download. The numbers mean nothing; the formats are real.
 """
-import argparse
 import base64
 import io
 import json
 import os
 
 from PIL import Image, ImageDraw
+
+from llava.utils import entry_parser
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40)}
 SHAPES = ("circle", "square")
@@ -262,10 +263,14 @@ def make_all(root):
     return root
 
 
+def build_parser():
+    p = entry_parser("llava.eval.fixtures", __doc__)
+    p.add_argument("--out", required=True, help="the EVAL_DIR to fill (a folder; created if missing)")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="the EVAL_DIR to fill")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     make_all(args.out)
     print(f"benchmark fixtures written under {args.out}")
 

@@ -81,13 +81,13 @@ def eval_model(args):
 
 
 def build_parser():
-    parser = eval_parser(__doc__.splitlines()[0], question_file=None, max_new_tokens=512, num_workers=2)
+    parser = eval_parser("llava.eval.model_caption", __doc__, question_file=None, max_new_tokens=512, num_workers=2)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the request for questions without `text`")
     parser.add_argument("--make-questions", metavar="FILE", help="only write a question file of --num-images "
                         "images of --annotation-file drawn with --sample-seed, and exit")
     parser.add_argument("--annotation-file", help="COCO instances_*.json (with --make-questions)")
-    parser.add_argument("--num-images", type=int, default=500)
-    parser.add_argument("--sample-seed", type=int, default=0, help="with --make-questions")
+    parser.add_argument("--num-images", type=int, default=500, help="images drawn (with --make-questions)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the draw (with --make-questions)")
     return parser
 
 

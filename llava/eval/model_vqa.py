@@ -1,4 +1,4 @@
-"""Answer a JSON-lines question file about images (upstream `llava.eval.model_vqa`): LLaVA-Bench, MM-Vet.
+"""Answer a JSON-lines question file about images, as upstream's `llava.eval.model_vqa` does (LLaVA-Bench, MM-Vet).
 
     python -m llava.eval.model_vqa --model-path PATH --question-file q.jsonl --image-folder DIR \
         --answers-file answers.jsonl [--pruning-method agile --visual-token-num 64]
@@ -33,9 +33,12 @@ def eval_model(args):
                          batch_size=args.batch_size, num_workers=args.num_workers)
 
 
+def build_parser():
+    return eval_parser("llava.eval.model_vqa", __doc__)
+
+
 def main(argv=None):
-    parser = eval_parser(__doc__.splitlines()[0])
-    return run_main(eval_model, argv, parser)
+    return run_main(eval_model, argv, build_parser())
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Answer a JSON-lines question file with a DataLoader and optional batching (upstream
-`llava.eval.model_vqa_loader`): VQAv2, GQA, VizWiz, TextVQA, POPE, MME, SEED-Bench.
+"""Answer a JSON-lines question file with a DataLoader and optional batching, as upstream's
+`llava.eval.model_vqa_loader` does (VQAv2, GQA, VizWiz, TextVQA, POPE, MME, SEED-Bench).
 
     python -m llava.eval.model_vqa_loader --model-path PATH --question-file q.jsonl --image-folder DIR \
         --answers-file answers.jsonl --temperature 0 [--batch-size 8] [--pruning-method agile --visual-token-num 64]
@@ -27,7 +27,7 @@ def eval_model(args):
 
 
 def build_parser():
-    return eval_parser(__doc__.splitlines()[0], max_new_tokens=128, num_workers=4)
+    return eval_parser("llava.eval.model_vqa_loader", __doc__, max_new_tokens=128, num_workers=4)
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Answer MMBench / MMBench-CN from its TSV (upstream `llava.eval.model_vqa_mmbench`).
+"""Answer MMBench or MMBench-CN from its TSV, as upstream's `llava.eval.model_vqa_mmbench` does.
 
     python -m llava.eval.model_vqa_mmbench --model-path PATH --question-file mmbench_dev_20230712.tsv \
         --answers-file answers.jsonl --single-pred-prompt --temperature 0 --conv-mode vicuna_v1 [--lang cn]
@@ -91,10 +91,13 @@ def eval_model(args):
 
 
 def build_parser():
-    parser = eval_parser(__doc__.splitlines()[0])
-    parser.add_argument("--all-rounds", action="store_true")
-    parser.add_argument("--single-pred-prompt", action="store_true")
-    parser.add_argument("--lang", type=str, default="en")
+    parser = eval_parser("llava.eval.model_vqa_mmbench", __doc__)
+    parser.add_argument("--all-rounds", action="store_true",
+                        help="ask once per option, the options rotated by one each round (CircularEval)")
+    parser.add_argument("--single-pred-prompt", action="store_true",
+                        help="append the instruction to answer with the option's letter only")
+    parser.add_argument("--lang", type=str, default="en",
+                        help="language of that instruction: en, or cn for MMBench-CN")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Answer ScienceQA (upstream `llava.eval.model_vqa_science`).
+"""Answer ScienceQA questions, as upstream's `llava.eval.model_vqa_science` does.
 
     python -m llava.eval.model_vqa_science --model-path PATH --question-file llava_test_CQM-A.json \
         --image-folder scienceqa/images/test --answers-file answers.jsonl --single-pred-prompt \
@@ -54,10 +54,11 @@ def eval_model(args):
 
 
 def build_parser():
-    parser = eval_parser(__doc__.splitlines()[0], question_file="tables/question.json", conv_mode="llava_v0",
-                         sampling=False)
+    parser = eval_parser("llava.eval.model_vqa_science", __doc__, question_file="tables/question.json",
+                         conv_mode="llava_v0", sampling=False)
     parser.add_argument("--answer-prompter", action="store_true", help="accepted for compatibility; unused")
-    parser.add_argument("--single-pred-prompt", action="store_true")
+    parser.add_argument("--single-pred-prompt", action="store_true",
+                        help="append the instruction to answer with the option's letter only")
     return parser
 
 

@@ -14,7 +14,6 @@ score / unpruned score, in %, as the AgilePruner and FasterVLM tables compute it
 method `none` (--baseline). Benchmarks where lower is better (CHAIR) are shown but not averaged. The
 average uses the benchmarks the row and the baseline both have; `n` says how many.
 """
-import argparse
 import csv
 import io
 import json
@@ -22,6 +21,8 @@ import math
 import os
 import re
 import sys
+
+from llava.utils import entry_parser
 
 # the paper's column order; other benchmarks follow alphabetically
 ORDER = ["vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "MME", "mmbench", "mmbench_cn", "seed_bench",
@@ -180,15 +181,20 @@ def summarize(eval_dir, ckpt, baseline="none", with_stats=True):
     return benches, rows, stats
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--eval-dir", default="./playground/data/eval")
+def build_parser():
+    p = entry_parser("llava.eval.summarize", __doc__)
+    p.add_argument("--eval-dir", default="./playground/data/eval",
+                   help="the eval folder holding <bench>/scores/<ckpt>/<method>/k<K>.json")
     p.add_argument("--ckpt", default="llava-v1.5-7b", help="the checkpoint name used in the answers/scores paths")
     p.add_argument("--baseline", default="none", help="the method whose scores are 100%%")
     p.add_argument("--markdown", "--out-md", dest="markdown", help="write the Markdown table here")
     p.add_argument("--csv", "--out-csv", dest="csv", help="write the CSV table here")
     p.add_argument("--plot", help="write the relative-score-vs-K plot (PNG) here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         benches, rows, stats = summarize(args.eval_dir, args.ckpt, args.baseline)
         text = markdown(benches, rows, stats)

@@ -1,14 +1,15 @@
-"""Selection time per pruning method next to the vision tower's time.
+"""Time each pruning method's token selection next to the vision tower's forward.
 
-    python -m llava.pruning.bench [--n 576 --k 64 --dim 4096 --repeats 10 --device cpu --tower clip-l]
+    python -m llava.pruning.bench [--n 576 --visual-token-num 64 --dim 4096 --repeats 10 --device cpu \\
+        --tower clip-l]
 
 `--tower clip-l` times a CLIP ViT-L/14-336 forward (random weights, up to layer -2, with and without
 the CLS attention row); `--tower none` skips it. The selection part is `llava.pruning.bench_select`
 (same inputs, same tables).
 """
-import argparse
-
 import torch
+
+from llava.utils import entry_parser
 
 from .bench_select import REGIMES, agile_comparison, method_table, synthetic_tokens, timed
 
@@ -30,16 +31,25 @@ def tower_time(device, repeats):
     return plain, with_attn
 
 
+def build_parser():
+    parser = entry_parser("llava.pruning.bench", __doc__)
+    parser.add_argument("--n", type=int, default=576, help="visual tokens per image (N)")
+    parser.add_argument("--visual-token-num", "--k", dest="k", metavar="K", type=int, default=64,
+                        help="tokens kept per image (K)")
+    parser.add_argument("--dim", "--d", dest="dim", metavar="D", type=int, default=4096,
+                        help="feature width (D; LLaVA-1.5-7B: 4096)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed runs per figure, after one warm-up (medians; the tower: a third, at least 3)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda, cpu, mps, ...")
+    parser.add_argument("--tower", default="clip-l", choices=["clip-l", "none"],
+                        help="also time a random-weights CLIP ViT-L/14-336 forward (clip-l), or not (none)")
+    return parser
+
+
 @torch.no_grad()  # not torch.set_grad_enabled(False): main() is also called in-process (tests)
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=576)
-    parser.add_argument("--k", type=int, default=64)
-    parser.add_argument("--dim", "--d", dest="dim", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tower", default="clip-l", choices=["clip-l", "none"])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     print(f"device {device}, N={args.n}, K={args.k}, D={args.dim}, median of {args.repeats}")
     if args.tower == "clip-l":

@@ -1,6 +1,7 @@
-"""Selection time per pruning method, and `agile` against the per-token loop it replaces.
+"""Time each pruning method's token selection, and compare `agile` with the per-token loop it replaces.
 
-    python -m llava.pruning.bench_select [--n 576 --k 64 --d 4096 --batch 1 --repeats 20 --device cpu]
+    python -m llava.pruning.bench_select [--n 576 --visual-token-num 64 --dim 4096 --batch-size 1 --repeats 20 \\
+        --device cpu]
 
 Inputs are random stand-ins for LLaVA-1.5-7B's post-projector tokens (N x 4096) and CLS attention, in
 three regimes (see `synthetic_tokens`): `simple` (erank ~60, like the paper's OCR/maths images: many
@@ -10,11 +11,14 @@ tau, the walk ends after 2k positions). For agile it also reports the speed-up o
 `agile_reference_loop` end to end (both compute the same geometry: erank and cosine distances) and
 for the walk alone on the same geometry, and checks that both give identical indices.
 """
-import argparse
 import statistics
+import sys
 import time
 
 import torch
+from tqdm import tqdm
+
+from llava.utils import entry_parser
 
 from .agile import agile_from_geometry, agile_reference_from_geometry, agile_reference_loop
 from .methods import token_geometry
@@ -65,15 +69,25 @@ def timed(fn, repeats, device):
     return out, statistics.median(times) * 1e3
 
 
+def progress(desc, total=None, iterable=None):
+    """A progress bar on stderr: shown on a terminal only (disable=None) and cleared when done (leave=False),
+    so the tables printed after it stay clean."""
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
 def method_table(inputs, k, repeats, device):
     """Markdown rows: median ms per method and regime (visionzip: prune_visual_tokens on the same features)."""
     lines = [f"| method | {' | '.join(f'{r} (ms)' for r in inputs)} |", "|---|" + "---|" * len(inputs)]
-    for m, spec in METHODS.items():
-        if spec.in_llm or spec.keeps_all:
-            continue
-        call = prune_visual_tokens if spec.merges else select_visual_tokens
-        cells = [f"{timed(lambda: call(m, f, a, k), repeats, device)[1]:.2f}" for f, a in inputs.values()]
-        lines.append(f"| {m} | {' | '.join(cells)} |")
+    methods = [(m, spec) for m, spec in METHODS.items() if not (spec.in_llm or spec.keeps_all)]
+    with progress("selection", total=len(methods) * len(inputs)) as bar:
+        for m, spec in methods:
+            call = prune_visual_tokens if spec.merges else select_visual_tokens
+            cells = []
+            for regime, (f, a) in inputs.items():
+                bar.set_postfix_str(f"{m} {regime}", refresh=False)
+                cells.append(f"{timed(lambda: call(m, f, a, k), repeats, device)[1]:.2f}")
+                bar.update()
+            lines.append(f"| {m} | {' | '.join(cells)} |")
     return lines
 
 
@@ -81,7 +95,7 @@ def agile_comparison(inputs, k, repeats, device):
     """Lines: agile vs agile_reference_loop, end to end and the walk alone, with an identity check."""
     lines = []
     loop_repeats = max(1, min(repeats, 5))
-    for regime, (f, a) in inputs.items():
+    for regime, (f, a) in progress("agile vs loop", iterable=inputs.items(), total=len(inputs)):
         fast, t_fast = timed(lambda: select_visual_tokens("agile", f, a, k), repeats, device)
         slow, t_slow = timed(lambda: agile_reference_loop(f, a, k), loop_repeats, device)
         dist, erank = token_geometry(f)
@@ -101,22 +115,33 @@ def agile_comparison(inputs, k, repeats, device):
     return lines
 
 
+def build_parser():
+    parser = entry_parser("llava.pruning.bench_select", __doc__)
+    parser.add_argument("--n", type=int, default=576, help="visual tokens per image (N)")
+    parser.add_argument("--visual-token-num", "--k", dest="k", metavar="K", type=int, default=64,
+                        help="tokens kept per image (K)")
+    parser.add_argument("--dim", "--d", dest="dim", metavar="D", type=int, default=4096,
+                        help="feature width (D; LLaVA-1.5-7B: 4096)")
+    parser.add_argument("--batch-size", "--batch", dest="batch", metavar="B", type=int, default=1,
+                        help="images per selection call (B)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed runs per figure, after one warm-up (medians; the per-token loop: at most 5)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda, cpu, mps, ...")
+    parser.add_argument("--regimes", default=",".join(REGIMES),
+                        help="comma-separated subset of the input regimes: " + ", ".join(REGIMES))
+    return parser
+
+
 @torch.no_grad()  # not torch.set_grad_enabled(False): main() is also called in-process (tests)
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=576, help="visual tokens per image")
-    parser.add_argument("--k", type=int, default=64, help="tokens kept")
-    parser.add_argument("--d", "--dim", dest="d", type=int, default=4096, help="feature width (LLaVA-1.5-7B: 4096)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated subset of " + ", ".join(REGIMES))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
-    inputs = {r: synthetic_tokens(r, args.batch, args.n, args.d, seed=i, device=device)
+    inputs = {r: synthetic_tokens(r, args.batch, args.n, args.dim, seed=i, device=device)
               for i, r in enumerate(args.regimes.split(","))}
     print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, B={args.batch}, "
-          f"N={args.n}, K={args.k}, D={args.d}, median of {args.repeats} (loops: of {max(1, min(args.repeats, 5))})\n")
+          f"N={args.n}, K={args.k}, D={args.dim}, median of {args.repeats} "
+          f"(loops: of {max(1, min(args.repeats, 5))})\n")
     print("\n".join(method_table(inputs, args.k, args.repeats, device)))
     print("\nagile (vectorised) vs agile_reference_loop (per-token loop):")
     print("\n".join(agile_comparison(inputs, args.k, args.repeats, device)))

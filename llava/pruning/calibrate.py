@@ -1,4 +1,4 @@
-"""erank_avg of a model over a folder of images, in the feature space of the AgilePruner rule.
+"""Measure a model's erank_avg over a folder of images, in the feature space of the AgilePruner rule.
 
     python -m llava.pruning.calibrate --model-path PATH --image-folder DIR [--max-images 500] [--out erank.json]
 
@@ -6,12 +6,13 @@ For each image: the effective rank of the mean-centred post-projector features o
 (per view for LLaVA-1.6 anyres; the mean is over all views), and the CLS attention entropy. The mean
 erank is the value to pass as --erank-avg (90 for LLaVA-1.5-7B on its training images).
 """
-import argparse
 import json
 import os
 import statistics
 
 from tqdm import tqdm
+
+from llava.utils import entry_parser
 
 from .metrics import attention_entropy, effective_rank
 from .tools import add_model_args, load_for_tools, load_image, pruning_inputs
@@ -45,11 +46,19 @@ def calibrate(model, processor, files):
     }
 
 
+def build_parser():
+    parser = add_model_args(entry_parser("llava.pruning.calibrate", __doc__))
+    parser.add_argument("--image-folder", required=True,
+                        help="folder of images, searched recursively (" + ", ".join(IMAGE_EXTENSIONS) + ")")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="use only the first N images in sorted path order (default: all)")
+    parser.add_argument("--out", default="erank_calibration.json",
+                        help="JSON to write: erank_avg, its spread, and the figures per image")
+    return parser
+
+
 def main(argv=None):
-    parser = add_model_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--image-folder", required=True)
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--out", default="erank_calibration.json")
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         files = list_images(args.image_folder, args.max_images)

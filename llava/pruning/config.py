@@ -119,23 +119,22 @@ def add_pruning_args(parser):
                    help="agile and the adaptive/inverse rules: reference effective rank (90 for LLaVA-1.5-7B; "
                         "python -m llava.pruning.calibrate for other models)")
     g.add_argument("--tau-max", type=float, default=DEFAULT_OPTIONS["tau_max"],
-                   help="agile: cap on the cosine-distance threshold (default 0.25)")
+                   help="agile: cap on the cosine-distance threshold")
     g.add_argument("--tau-step", type=float, default=DEFAULT_OPTIONS["tau_step"],
-                   help="agile: threshold growth per attention rank, scaled by erank/erank-avg (default 0.01)")
+                   help="agile: threshold growth per attention rank, scaled by erank/erank-avg")
     g.add_argument("--important-ratio", type=float, default=DEFAULT_OPTIONS["important_ratio"],
                    help="vispruner: share of K chosen by attention, the rest by de-duplication "
-                        "(R0 of the complexity rule; default 0.5)")
+                        "(R0 of the complexity rule)")
     g.add_argument("--attention-share", type=float, default=DEFAULT_OPTIONS["attention_share"],
-                   help="mix: share R of K chosen by attention, the rest by DivPrune (R0 of the complexity rule; "
-                        "default 0.5)")
+                   help="mix: share R of K chosen by attention, the rest by DivPrune (R0 of the complexity rule)")
     g.add_argument("--complexity-rule", default=DEFAULT_OPTIONS["complexity_rule"], choices=COMPLEXITY_RULES,
                    help="mix/vispruner: fixed R, adaptive (R falls as the image's erank rises) or inverse (ablation)")
     g.add_argument("--share-slope", type=float, default=DEFAULT_OPTIONS["share_slope"],
                    help="adaptive/inverse: R = clip(R0 -/+ slope * (erank/erank-avg - 1), share-min, share-max)")
     g.add_argument("--share-min", type=float, default=DEFAULT_OPTIONS["share_min"],
-                   help="adaptive/inverse: lower clip of R (default 0.1)")
+                   help="adaptive/inverse: lower clip of R")
     g.add_argument("--share-max", type=float, default=DEFAULT_OPTIONS["share_max"],
-                   help="adaptive/inverse: upper clip of R (default 0.9)")
+                   help="adaptive/inverse: upper clip of R")
     g.add_argument("--pruning-seed", dest="seed", type=int, default=DEFAULT_OPTIONS["seed"], help="random: seed")
     g.add_argument("--fastv-layer", type=int, default=2, help="fastv: decoder layer at which image tokens are pruned")
     g.add_argument("--budget-scope", default="per-view", choices=BUDGET_SCOPES,

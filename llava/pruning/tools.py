@@ -32,10 +32,13 @@ def model_view(model, processor, image):
 
 
 def add_model_args(parser):
-    parser.add_argument("--model-path", required=True)
-    parser.add_argument("--model-base", default=None)
+    """Add the model flags (the generators' spellings) to an argparse parser; returns the parser."""
+    parser.add_argument("--model-path", required=True,
+                        help="checkpoint folder, or a hub id already in the Hugging Face cache")
+    parser.add_argument("--model-base", default=None, help="the base LLM of a LoRA or projector-only checkpoint")
     parser.add_argument("--vision-tower", default=None, help="override the config's mm_vision_tower")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda, cpu, mps, ...")
     return parser
 
 

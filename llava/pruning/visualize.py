@@ -1,4 +1,4 @@
-"""Which patches each method keeps: one panel per method, pruned patches dimmed.
+"""Show which patches each pruning method keeps: one panel per method, with the pruned patches dimmed.
 
     python -m llava.pruning.visualize --model-path PATH --image-file IMG --methods agile,fastervlm,divprune \\
         --visual-token-num 64 --out panel.png
@@ -6,9 +6,9 @@
 Panels show the base view as the vision tower sees it (padded to square for LLaVA-1.5); titles give
 the method, K, and the image's erank (all tokens -> kept tokens) and attention entropy.
 """
-import argparse
-
 from PIL import Image, ImageDraw
+
+from llava.utils import entry_parser
 
 from .config import PruningConfig, add_pruning_args
 from .metrics import attention_entropy, effective_rank
@@ -47,12 +47,20 @@ def contact_sheet(panels, gap=8):
     return sheet
 
 
+def build_parser():
+    # conflict_handler="resolve": --pruning-method names this command's list of methods (as in
+    # llava.eval.benchmark), replacing the shared single-method flag of add_pruning_args
+    parser = add_model_args(entry_parser("llava.pruning.visualize", __doc__, conflict_handler="resolve"))
+    parser.add_argument("--image-file", required=True, help="the image (a path or an http(s) URL)")
+    add_pruning_args(parser)  # the shared options (--visual-token-num, --erank-avg, ...)
+    parser.add_argument("--methods", "--pruning-method", dest="methods", metavar="METHOD[,METHOD...]",
+                        default="agile,fastervlm,divprune", help="comma-separated pruning methods, one panel each")
+    parser.add_argument("--out", default="pruning_panel.png", help="the PNG to write")
+    return parser
+
+
 def main(argv=None):
-    parser = add_model_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--image-file", required=True)
-    parser.add_argument("--methods", default="agile,fastervlm,divprune")
-    parser.add_argument("--out", default="pruning_panel.png")
-    add_pruning_args(parser)
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.visual_token_num is None or args.visual_token_num <= 0:

@@ -3,7 +3,6 @@
 Upstream's arguments and behaviour (streamed answers, multi-turn, empty line or end of input exits),
 reading from a terminal or from piped stdin. `ChatSession` is the code path the demo uses too.
 """
-import argparse
 import sys
 import time
 
@@ -14,7 +13,7 @@ from llava.conversation import SeparatorStyle, auto_conv_mode, conv_templates
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.pruning import PruningConfig, add_pruning_args
-from llava.utils import disable_torch_init
+from llava.utils import disable_torch_init, entry_parser
 
 
 class ChatSession:
@@ -76,25 +75,33 @@ class ChatSession:
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Chat with a LLaVA model about an image.")
-    parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
-    parser.add_argument("--model-base", type=str, default=None)
-    parser.add_argument("--image-file", type=str, required=True)
-    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--conv-mode", type=str, default=None)
-    parser.add_argument("--temperature", type=float, default=0.2)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--load-8bit", action="store_true")
-    parser.add_argument("--load-4bit", action="store_true")
+    parser = entry_parser("llava.serve.cli", __doc__)
+    parser.add_argument("--model-path", type=str, default="facebook/opt-350m",
+                        help="checkpoint folder, or a hub id already in the Hugging Face cache")
+    parser.add_argument("--model-base", type=str, default=None,
+                        help="the base LLM of a LoRA or projector-only checkpoint")
+    parser.add_argument("--image-file", type=str, required=True, help="the image to talk about (path or URL)")
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda, cpu, mps, ...")
+    parser.add_argument("--conv-mode", type=str, default=None,
+                        help="conversation template (default: inferred from the model name)")
+    parser.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 answers greedily")
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=512,
+                        help="longest answer, in tokens")
+    parser.add_argument("--load-8bit", action="store_true", help="8-bit weights (bitsandbytes, CUDA)")
+    parser.add_argument("--load-4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes, CUDA)")
     parser.add_argument("--vision-tower", type=str, default=None,
                         help="local folder (or hub id in the HF cache) overriding the config's mm_vision_tower")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="print the prompt and the answer after each turn")
     add_pruning_args(parser)
     return parser
 
 
 def read_line(prompt):
-    """input() that also works with piped stdin; None at end of input."""
+    """input() that also works with piped stdin; None at end of input. On a terminal the line can be
+    edited (arrow keys, history) and the prompt goes to standard output whatever standard error is."""
+    if sys.stdin.isatty():
+        import readline  # noqa: F401 (input() then uses it: line editing, prompt on stdout)
     try:
         return input(prompt)
     except EOFError:
@@ -112,8 +119,7 @@ def main(args):
     )
     conv_mode = auto_conv_mode(model_name)
     if args.conv_mode is not None and args.conv_mode != conv_mode:
-        print(f"[WARNING] the auto inferred conversation mode is {conv_mode}, while `--conv-mode` is "
-              f"{args.conv_mode}, using {args.conv_mode}")
+        print(f"template: {args.conv_mode} (--conv-mode; the model name suggests {conv_mode})", file=sys.stderr)
         conv_mode = args.conv_mode
     if conv_mode not in conv_templates:
         raise ValueError(f"Unknown --conv-mode {conv_mode!r}; choose from {sorted(conv_templates)}")
@@ -146,6 +152,9 @@ def cli(argv=None):
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

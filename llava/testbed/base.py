@@ -7,12 +7,11 @@ Stage 1 of the testbed recipe names this folder as --model_name_or_path, exactly
 names Vicuna. The tokenizer is the project's tiny LLaMA-style sentencepiece model (1000 pieces), trained
 with the shapes world's own sentences added, so that its words (colours, shapes, numbers) are whole pieces.
 """
-import argparse
 import json
 
 import torch
 
-from llava.utils import torch_init
+from llava.utils import entry_parser, torch_init
 
 
 def world_corpus(n=400, seed=0):
@@ -47,14 +46,18 @@ def write_base(out, hidden=128, layers=4, heads=4, seed=0):
     return out
 
 
+def build_parser():
+    p = entry_parser("llava.testbed.base", __doc__)
+    p.add_argument("--out", required=True, help="folder to write the base LLM into (config, weights, tokenizer)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden size (the MLP is 4x as wide)")
+    p.add_argument("--layers", type=int, default=4, help="decoder layers")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     write_base(args.out, args.hidden, args.layers, args.heads, args.seed)
     print(json.dumps({"model_base": args.out}))
 

@@ -16,13 +16,13 @@ Writes
     chair/questions.jsonl + chair/objects.json ("Describe the image." and the objects present, for CHAIR).
 Everything is a function of --seed. Training images come from both regimes (half each).
 """
-import argparse
 import json
 import os
 import random
 from collections import Counter
 
 from llava.testbed.world import COLOURS, SHAPES, article, caption, plural, render, sample_scene
+from llava.utils import entry_parser
 
 SHORT = "\nAnswer the question using a single word or phrase."
 ALL_NAMES = [f"{c} {s}" for s in SHAPES for c in COLOURS]
@@ -230,13 +230,17 @@ def generate(out, seed=0, train_images=6000, eval_images=100):
     return out
 
 
+def build_parser():
+    p = entry_parser("llava.testbed.generate", __doc__)
+    p.add_argument("--out", required=True, help="folder to write the world into (train/ and eval/)")
+    p.add_argument("--seed", type=int, default=0, help="everything written is a function of this seed")
+    p.add_argument("--train-images", type=int, default=6000, help="training pictures, half from each regime")
+    p.add_argument("--eval-images", type=int, default=100, help="eval pictures per regime")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-images", type=int, default=6000)
-    p.add_argument("--eval-images", type=int, default=100, help="per regime")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     generate(args.out, args.seed, args.train_images, args.eval_images)
     print(f"testbed world written to {args.out}")
 

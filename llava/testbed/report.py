@@ -1,4 +1,4 @@
-"""Summarise scripts/testbed/eval.sh: per regime, every method x K, with llava.eval.summarize.
+"""Summarise the results of scripts/testbed/eval.sh with llava.eval.summarize: per regime, every method x K.
 
     python -m llava.testbed.report --results playground/data/testbed/results [--ckpt llava-testbed]
 
@@ -12,7 +12,6 @@ per image), and writes into <results>:
   table.csv                summarize's rows with a regime column;
   relative_accuracy.png    relative accuracy versus K per method, one panel per regime.
 """
-import argparse
 import csv
 import io
 import json
@@ -21,6 +20,7 @@ import os
 import sys
 
 from llava.eval import summarize as S
+from llava.utils import entry_parser
 
 
 def image_stats(results, regime, ckpt):
@@ -110,12 +110,17 @@ def plot(panels, path):
     plt.close(fig)
 
 
+def build_parser():
+    p = entry_parser("llava.testbed.report", __doc__)
+    p.add_argument("--results", required=True,
+                   help="eval.sh's results folder (<results>/<regime>/<bench>/scores/...); the tables go here too")
+    p.add_argument("--ckpt", default="llava-testbed", help="the checkpoint name used in the answers/scores paths")
+    p.add_argument("--regimes", nargs="+", default=["simple", "complex"], help="the regimes to report, in order")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", required=True)
-    p.add_argument("--ckpt", default="llava-testbed")
-    p.add_argument("--regimes", nargs="+", default=["simple", "complex"])
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         print(report(args.results, args.ckpt, args.regimes))
     except FileNotFoundError as e:

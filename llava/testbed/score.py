@@ -1,7 +1,7 @@
 """Score answers on the testbed's eval sets: accuracy per question type, and CHAIR on shape captions.
 
     python -m llava.testbed.score vqa --truth eval/simple/vqa/truth.jsonl --result-file answers.jsonl \
-        [--score-dir eval/simple --ckpt C --method M --k K]
+        [--score-dir eval/simple --ckpt C --pruning-method M --visual-token-num K]
     python -m llava.testbed.score chair --objects eval/simple/chair/objects.json --cap-file captions.jsonl [...]
 
 Answers are compared after the standard VQA normalisation (llava.eval.m4c_evaluator: case, punctuation,
@@ -12,7 +12,6 @@ articles, number words -> digits), so "Yes.", "yes" and "Two" vs "2" count as th
 CHAIR uses llava.eval.chair's metrics with the testbed's vocabulary: an object is a "colour shape"
 phrase ("red circle", "blue squares").
 """
-import argparse
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from collections import defaultdict
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
 from llava.eval.scoring_io import read_jsonl
 from llava.testbed.world import COLOURS, SHAPES, plural
+from llava.utils import entry_parser
 
 _normalise = EvalAIAnswerProcessor()
 _SHAPE_WORDS = {**{s: s for s in SHAPES}, **{plural(s): s for s in SHAPES}}
@@ -72,17 +72,26 @@ def write_score(score_dir, bench, ckpt, method, k, payload):
     return path
 
 
+def build_parser():
+    p = entry_parser("llava.testbed.score", __doc__)
+    p.add_argument("what", choices=["vqa", "chair"],
+                   help="vqa: accuracy per question type; chair: CHAIR on the captions")
+    p.add_argument("--truth", help="vqa: the eval set's truth.jsonl")
+    p.add_argument("--result-file", "--cap-file", dest="result_file", required=True,
+                   help="the answers (vqa) or captions (chair) JSONL")
+    p.add_argument("--objects", help="chair: the eval set's objects.json")
+    p.add_argument("--score-dir", help="write score files under this eval dir, one per benchmark (vqa: per question "
+                                       "type): <score-dir>/<bench>/scores/<ckpt>/<method>/k<K>.json")
+    p.add_argument("--ckpt", default="llava-testbed", help="checkpoint name in the score file paths")
+    p.add_argument("--pruning-method", "--method", dest="method", default="none",
+                   help="pruning method in the score file paths")
+    p.add_argument("--visual-token-num", "--k", dest="k", metavar="K", type=int, default=576,
+                   help="K (visual tokens kept) in the score file paths")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["vqa", "chair"])
-    p.add_argument("--truth", help="vqa: truth.jsonl")
-    p.add_argument("--result-file", "--cap-file", dest="result_file", required=True, help="answers / captions")
-    p.add_argument("--objects", help="chair: objects.json")
-    p.add_argument("--score-dir", help="write score files under this eval dir (see the module docstring)")
-    p.add_argument("--ckpt", default="llava-testbed")
-    p.add_argument("--method", default="none")
-    p.add_argument("--k", type=int, default=576)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         answers = read_jsonl(args.result_file)
         if args.what == "vqa":

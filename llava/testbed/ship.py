@@ -10,11 +10,12 @@ The pickled training_args.bin is left out (loading it would need an unsafe torch
 frozen tower's weights that the trainer also writes into the shards (the tower folder has them).
 Fails if the weights exceed the 30 MB budget for committing the checkpoint.
 """
-import argparse
 import json
 import os
 import platform
 import shutil
+
+from llava.utils import entry_parser
 
 TOWER_NAME = "clip-vit-testbed-patch14-336"
 MAX_WEIGHT_BYTES = 30 * 1024 * 1024
@@ -88,13 +89,17 @@ def ship(model, tower, out, timings):
     return size
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = entry_parser("llava.testbed.ship", __doc__)
     p.add_argument("--model", required=True, help="stage-2 output folder")
     p.add_argument("--tower", required=True, help="the trained tower's folder")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder to write the self-contained checkpoint into")
     p.add_argument("--timings", required=True, help="JSON written by scripts/testbed/train.sh")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     size = ship(args.model, args.tower, args.out, args.timings)
     print(f"llava-testbed written to {args.out} ({size / 2**20:.1f} MB of weights)")
 

@@ -14,7 +14,6 @@ tokens + CLS), small widths. Objectives, on pictures drawn fresh every step from
 Saved with config.json, model.safetensors and preprocessor_config.json (the CLIP-336 preprocessing),
 so `--vision_tower DIR` works for training and loading. The heads are not saved.
 """
-import argparse
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from llava.testbed.world import COLOURS, NUMBERS, SHAPES, SIZE, WORDS, draw_object, render, sample_scene
-from llava.utils import torch_init
+from llava.utils import entry_parser, torch_init
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -173,17 +172,21 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
     return model
 
 
+def build_parser():
+    p = entry_parser("llava.testbed.tower", __doc__)
+    p.add_argument("--out", required=True, help="folder to save the tower into (CLIP layout)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps")
+    p.add_argument("--batch-size", type=int, default=32, help="pictures per step, drawn fresh")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (200 warm-up steps, cosine decay)")
+    p.add_argument("--width", type=int, default=192, help="hidden size (one attention head per 32; the MLP 4x)")
+    p.add_argument("--layers", type=int, default=6, help="transformer layers")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the pictures drawn")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=192)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     train_tower(args.out, args.steps, args.batch_size, args.lr, args.seed, args.width, args.layers)

@@ -1,4 +1,4 @@
-"""Tiny LLaVA checkpoints in the published on-disk layouts, generated offline and deterministically.
+"""Write tiny LLaVA checkpoints in the published on-disk layouts, offline and deterministically.
 
     python -m llava.tools.make_tiny_checkpoint OUT [--kind v1.5|v1.6|v1.6-mistral|lora|projector] [--seed 0]
         [--vision-tower DIR] [--hf-cache DIR] [--model-type llava|llava_llama] [--safetensors] [--tower-in-weights]
@@ -34,17 +34,15 @@ Conventions (write them down once):
   (frozen tower, identical weights, ignored at load).
 - Everything is a function of `seed`; a re-run into the same OUT rewrites identical bytes.
 """
-import argparse
 import hashlib
 import io
 import json
 import os
 import shutil
-import warnings
 
 import torch
 
-from llava.utils import torch_init
+from llava.utils import entry_parser, torch_init
 
 KINDS = ("v1.5", "v1.6", "v1.6-mistral", "lora", "projector")
 CLIP_HUB_NAME = "openai/clip-vit-large-patch14-336"
@@ -439,6 +437,8 @@ def _write_lora(out_dir, base_dir, config, projector, seed):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from llava.model.compat import quiet_peft
+
     # the adapter wraps the base as a loader sees it: built from OUT-base's config and shards, so its names
     # are those of LlamaForCausalLM (base_model.model.model.layers.*) and its base path is OUT-base
     base_cfg = LlamaConfig.from_pretrained(base_dir)
@@ -454,8 +454,7 @@ def _write_lora(out_dir, base_dir, config, projector, seed):
     torch.manual_seed(seed + 4)  # lora_A's kaiming init draws from the global generator
     lora_cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
                           target_modules=list(LORA_TARGETS))
-    with warnings.catch_warnings():  # transformers deprecation notices raised from inside PEFT
-        warnings.simplefilter("ignore", FutureWarning)
+    with quiet_peft():
         peft_model = get_peft_model(base, lora_cfg)
     g = torch.Generator().manual_seed(seed + 4)
     with torch.no_grad():
@@ -560,13 +559,11 @@ def make_checkpoint(out_dir, kind="v1.5", seed=0, vision_tower=None, hf_cache=No
     return result
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m llava.tools.make_tiny_checkpoint",
-        description="Write a tiny LLaVA checkpoint in a published on-disk layout (offline, deterministic).")
+def build_parser():
+    parser = entry_parser("llava.tools.make_tiny_checkpoint", __doc__)
     parser.add_argument("out", help="checkpoint folder; lora/projector also write OUT-base")
-    parser.add_argument("--kind", default="v1.5", choices=KINDS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", default="v1.5", choices=KINDS, help="which published layout to write")
+    parser.add_argument("--seed", type=int, default=0, help="every weight and file is a function of this seed")
     parser.add_argument("--vision-tower", default=None, help="folder for the tiny CLIP tower (reused if present)")
     parser.add_argument("--hf-cache", default=None,
                         help=f"put the tower in this Hugging Face hub cache as {CLIP_HUB_NAME} and name it so")
@@ -575,6 +572,11 @@ def main(argv=None):
     parser.add_argument("--safetensors", action="store_true", help="safetensors shards instead of .bin")
     parser.add_argument("--tower-in-weights", action="store_true",
                         help="also store the tower in the shards (v1.6: fine-tuned, unfreeze_mm_vision_tower true)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = make_checkpoint(args.out, args.kind, args.seed, args.vision_tower, args.hf_cache,

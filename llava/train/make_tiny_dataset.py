@@ -1,4 +1,4 @@
-"""A tiny generated training set in upstream LLaVA's format (for tests and smoke runs; nothing downloaded).
+"""Write a tiny generated training set in upstream LLaVA's format (for tests and smoke runs; nothing downloaded).
 
     python -m llava.train.make_tiny_dataset --out DIR [--num-images 24] [--seed 0]
 
@@ -7,12 +7,13 @@ DIR/pretrain.json (stage 1: `<image>` + a caption request, gpt caption; for `--v
 DIR/finetune.json (stage 2: multi-turn questions about shape and colour, `<image>` at the front or the end
 of the first turn, plus a few text-only samples).
 """
-import argparse
 import json
 import os
 import random
 
 from PIL import Image, ImageDraw
+
+from llava.utils import entry_parser
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (235, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -72,12 +73,16 @@ def make_tiny_dataset(out_dir, num_images=24, seed=0):
     return paths
 
 
+def build_parser():
+    parser = entry_parser("llava.train.make_tiny_dataset", __doc__)
+    parser.add_argument("--out", required=True, help="folder to write images/, pretrain.json and finetune.json into")
+    parser.add_argument("--num-images", type=int, default=24, help="pictures to draw")
+    parser.add_argument("--seed", type=int, default=0, help="everything written is a function of this seed")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m llava.train.make_tiny_dataset", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--num-images", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     print(json.dumps(make_tiny_dataset(args.out, args.num_images, args.seed)))
 
 

@@ -68,12 +68,13 @@ run_one() {
         --question-file "$data/vqa/questions.jsonl" --image-folder "$data/images" \
         --answers-file "$res/vqa/answers/$run.jsonl"
     "$PYTHON" -m llava.testbed.score vqa --truth "$data/vqa/truth.jsonl" --result-file "$res/vqa/answers/$run.jsonl" \
-        --score-dir "$res" --ckpt "$CKPT" --method "$method" --k "$k" > /dev/null
+        --score-dir "$res" --ckpt "$CKPT" --pruning-method "$method" --visual-token-num "$k" > /dev/null
     "$PYTHON" -m llava.eval.model_caption "${gen[@]}" "${prune[@]}" --max-new-tokens 64 \
         --question-file "$data/chair/questions.jsonl" --image-folder "$data/images" \
         --answers-file "$res/chair/answers/$run.jsonl"
     "$PYTHON" -m llava.testbed.score chair --objects "$data/chair/objects.json" \
-        --cap-file "$res/chair/answers/$run.jsonl" --score-dir "$res" --ckpt "$CKPT" --method "$method" --k "$k" > /dev/null
+        --cap-file "$res/chair/answers/$run.jsonl" --score-dir "$res" --ckpt "$CKPT" --pruning-method "$method" \
+        --visual-token-num "$k" > /dev/null
     echo "done: $regime $method K=$k"
 }
 
