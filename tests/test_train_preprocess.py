@@ -1,6 +1,7 @@
 """Training prompts and target masks: for every template, the ids are those the model sees at inference and
 the supervised tokens are exactly the assistant replies plus their end-of-turn markers."""
 import json
+import os
 
 import pytest
 import torch
@@ -241,3 +242,66 @@ def test_pruning_flags_in_the_training_parser(tmp_path):
         split_pruning_args(["--pruning-method", "agile"])
     with pytest.raises(ValueError, match="inference only"):
         check_training_pruning(split_pruning_args(["--pruning-method", "fastv", "--visual-token-num", "8"])[0])
+
+
+# ---- supervised ids == what generation must produce -----------------------------------------------------
+TESTBED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "playground", "llava-testbed")
+REPLIES = ["2", "15", "3 circles", "(a) a red circle", "0", "Yes", "Red", "Zyxq.", "Ça va, très bien: 東京 ü."]
+
+
+def generation_targets(conv, turns, tokenizer):
+    """Per reply: the ids generation must emit after that turn's inference prompt (the CLI's prompt, reply
+    open) to give the reply and its end-of-turn marker, i.e. the filled prompt's ids past the open one's."""
+    out = []
+    for k in range(sum(t["from"] == "gpt" for t in turns)):
+        before = tokenizer_image_token(inference_prompt(conv, turns, upto=2 * k + 1), tokenizer)
+        filled = tokenizer_image_token(inference_prompt(conv, turns[: 2 * k + 2]), tokenizer)
+        assert filled[: len(before)] == before
+        out.append(filled[len(before):])
+    return out
+
+
+@pytest.fixture(scope="module")
+def testbed_tokenizer():
+    from llava.model.builder import load_tokenizer
+
+    return load_tokenizer(TESTBED)
+
+
+@pytest.mark.parametrize("version", CHAT_VERSIONS)
+@pytest.mark.parametrize("which", ["llama", "testbed"])
+def test_supervised_ids_are_what_generation_must_produce(version, which, tokenizers, testbed_tokenizer):
+    conv = conv_templates[version]
+    tokenizer = tokenizer_for(version, tokenizers) if which == "llama" else testbed_tokenizer
+    if which == "testbed" and conv.sep_style == SeparatorStyle.MPT:
+        tokenizer = testbed_tokenizer.__class__.from_pretrained(TESTBED)
+        tokenizer.add_special_tokens({"additional_special_tokens": CHATML_MARKERS})
+    for image in (False, True):
+        for first in REPLIES:  # single turn, and three turns with the other replies after it
+            for multi in (False, True):
+                source = [{"from": "human", "value": ("<image>\n" if image else "") + "How many are there?"},
+                          {"from": "gpt", "value": first}]
+                if multi:
+                    source += [{"from": "human", "value": "And then?"}, {"from": "gpt", "value": REPLIES[-1]},
+                               {"from": "human", "value": "Count again."}, {"from": "gpt", "value": "7"}]
+                turns, ids, labels = run(version, source, tokenizer, image)
+                assert supervised_runs(ids, labels) == generation_targets(conv, turns, tokenizer), (first, multi)
+
+
+def test_a_reply_starting_with_a_digit_supervises_the_lone_space_piece(tokenizers, testbed_tokenizer):
+    """After "ASSISTANT:", "2" is generated as '▁' then '2' (LLaMA has no '▁2' piece): both are targets."""
+    for tokenizer in (tokenizers["llama"], testbed_tokenizer):
+        _, ids, labels = run("v1", [{"from": "human", "value": "How many?"}, {"from": "gpt", "value": "2"}],
+                             tokenizer, False)
+        (reply,) = supervised_runs(ids, labels)
+        assert tokenizer.convert_ids_to_tokens(reply) == ["▁", "2", "</s>"]
+
+
+def test_plain_pretraining_targets_follow_the_image(tokenizers, testbed_tokenizer):
+    for tokenizer in (tokenizers["llama"], testbed_tokenizer):
+        for caption in REPLIES:
+            _, ids, labels = run("plain", [{"from": "human", "value": "<image>\nDescribe."},
+                                           {"from": "gpt", "value": caption}], tokenizer, True)
+            before = tokenizer_image_token("<image>", tokenizer)
+            filled = tokenizer_image_token("<image>" + caption + "\n", tokenizer)
+            assert supervised_runs(ids, labels) == [filled[len(before):]]

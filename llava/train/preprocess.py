@@ -1,14 +1,17 @@
-"""Training prompts and their target masks, derived from character spans (not token-length arithmetic).
+"""Training prompts and their target masks, defined by what generation must produce (not token-length
+arithmetic, not character spans).
 
 For one sample the prompt is rendered as a list of segments `(text, is_target)` whose concatenation is,
 checked character for character, what `Conversation.get_prompt()` gives at inference for the same turns.
 Target segments are exactly each assistant reply followed by its end-of-turn marker (`</s>` for v1 and
-llama_2, `<|im_end|>` for ChatML, `###` for v0, `\\n` for plain). The whole prompt is then tokenized the way
-the model sees it at inference (`tokenizer_image_token`: text chunks between `<image>` markers tokenized
-on their own, one IMAGE_TOKEN_INDEX per marker) with the tokenizer's character offsets, and a token is
-supervised when its characters fall in a target span. A token that mixes a target character with a
-non-whitespace character outside the span (or a reply that no token covers) makes the sample's mask
-underivable: that raises `TargetMaskError` naming the sample, nothing is dropped or zeroed silently.
+llama_2, `<|im_end|>` for ChatML, `###` for v0, `\\n` for plain). The input ids are the whole prompt
+tokenized the way the model sees it at inference (`tokenizer_image_token`). The supervised ids of a reply
+are the ids that follow that turn's inference prompt (the turns before it and the open assistant turn,
+"... ASSISTANT:") when the reply and its marker are appended: ids(prompt + reply + marker) minus
+ids(prompt). So a lone '▁' piece before a reply that starts with a digit is supervised, as generation must
+emit it. A conversation for which those ids are not a prefix of the whole prompt's ids (a marker the
+tokenizer merges with the next turn) makes the sample's mask underivable: that raises `TargetMaskError`
+naming the sample, nothing is dropped or zeroed silently.
 
 Compared with upstream's `preprocess_v1`/`preprocess_llama_2`/`preprocess_mpt` (which count tokens per
 round and subtract 1 or 2 depending on tokenizer versions, then mask the whole sample on a mismatch), the
@@ -20,8 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from llava import conversation as conversation_lib
-from llava.constants import (DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX,
-                             IMAGE_TOKEN_INDEX)
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from llava.conversation import SeparatorStyle
 
 HUMAN_ROLES = ("human", "user")
@@ -149,63 +151,68 @@ def render_segments(conv, turns, sample_id=None):
 
 
 # ---- tokenization with targets -------------------------------------------------------------------
-def _chunk_encodings(prompt, tokenizer):
-    """tokenizer_image_token's ids for `prompt`, with each token's (start, end) in `prompt` (None for the
-    image placeholder)."""
-    ids, spans, pos = [], [], 0
-    drop_first = False
-    for i, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
-        if i > 0:
-            ids.append(IMAGE_TOKEN_INDEX)
-            spans.append(None)
-        try:
-            enc = tokenizer(chunk, return_offsets_mapping=True)
-        except NotImplementedError as e:
-            raise TargetMaskError("target masks need a tokenizer with character offsets (a fast tokenizer)") from e
-        chunk_ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-        if i == 0:
-            drop_first = bool(chunk_ids) and chunk_ids[0] == tokenizer.bos_token_id
-            keep = range(len(chunk_ids))
-        else:
-            keep = range(1 if drop_first else 0, len(chunk_ids))
-        for j in keep:
-            ids.append(chunk_ids[j])
-            s, e = offsets[j]
-            spans.append((pos + s, pos + e))
-        pos += len(chunk) + len(DEFAULT_IMAGE_TOKEN)
-    return ids, spans
-
-
-def tokenize_with_targets(segments, tokenizer, sample_id=None):
-    """segments [(text, is_target)] -> (input_ids, labels) as 1-D long tensors; labels are IGNORE_INDEX
-    except on the tokens of target segments."""
-    prompt = "".join(t for t, _ in segments)
-    targets, pos = [], 0
+def target_spans(segments):
+    """(start, end) in the joined prompt of every target segment."""
+    spans, pos = [], 0
     for text, is_target in segments:
         if is_target:
-            targets.append((pos, pos + len(text)))
+            spans.append((pos, pos + len(text)))
         pos += len(text)
-    ids, spans = _chunk_encodings(prompt, tokenizer)
+    return spans
+
+
+def generation_prompts(conv, turns, segments, sample_id=None):
+    """For each target segment, the prompt that generation starts from at inference: the template's
+    get_prompt() over the turns before that reply with the assistant's turn open ("... ASSISTANT:"), which
+    is the training prompt up to the reply, less the separator the reply brings ("ASSISTANT: 2" at
+    inference is "ASSISTANT:" then the generated " 2"). For `plain` (pretraining) the text before the
+    caption, as upstream trains it."""
+    prompt = "".join(t for t, _ in segments)
+    spans = target_spans(segments)
+    if conv.sep_style == SeparatorStyle.PLAIN:
+        return [prompt[:start] for start, _ in spans]
+    replies = [i for i, (r, _) in enumerate(turns) if r == 1]
+    out = []
+    for n, ((start, _), i) in enumerate(zip(spans, replies)):
+        reference = conv.copy()
+        reference.messages = []
+        for r, msg in turns[:i]:
+            reference.append_message(conv.roles[r], msg)
+        reference.append_message(conv.roles[1], None)
+        before = reference.get_prompt()
+        if not prompt.startswith(before) or len(before) > start or prompt[len(before):start].strip():
+            raise TargetMaskError(f"sample {sample_id!r}: reply {n + 1} does not follow its inference prompt in "
+                                  f"the {conv.version!r} template")
+        out.append(before)
+    return out
+
+
+def tokenize_with_targets(segments, prompts, tokenizer, sample_id=None):
+    """segments [(text, is_target)] and the generation prompt of each target (generation_prompts) ->
+    (input_ids, labels) as 1-D long tensors.
+
+    input_ids: the joined prompt tokenized as at inference (tokenizer_image_token). labels: IGNORE_INDEX
+    except, for each reply, on exactly the ids that generation must produce after that reply's prompt to
+    give the reply and its end-of-turn marker, i.e. ids(prompt + reply + marker) minus ids(prompt). That
+    includes a lone '▁' piece between "ASSISTANT:" and a reply starting with a digit or punctuation
+    (LLaMA's tokenizer has no '▁2'): without it a model never learns to begin such an answer."""
+    from llava.mm_utils import tokenizer_image_token
+
+    text = "".join(t for t, _ in segments)
+    ids = tokenizer_image_token(text, tokenizer)
     labels = [IGNORE_INDEX] * len(ids)
-    covered = [False] * len(targets)
-    for n, span in enumerate(spans):
-        if span is None or span[0] >= span[1]:
-            continue  # image placeholder, BOS and other zero-width tokens are never targets
-        s, e = span
-        for t, (ts, te) in enumerate(targets):
-            if s < te and e > ts:
-                outside = prompt[s:max(s, ts)] + prompt[min(e, te):e]
-                if outside.strip():
-                    raise TargetMaskError(
-                        f"sample {sample_id!r}: token {tokenizer.convert_ids_to_tokens(ids[n])!r} spans both "
-                        f"an assistant reply and the text around it ({prompt[s:e]!r}); the target mask cannot be "
-                        f"derived exactly (is the template's end-of-turn marker a special token of this tokenizer?)")
-                labels[n] = ids[n]
-                covered[t] = True
-                break
-    for t, (ts, te) in enumerate(targets):
-        if not covered[t] and prompt[ts:te].strip():
-            raise TargetMaskError(f"sample {sample_id!r}: no token covers the reply {prompt[ts:te]!r}")
+    for n, (before, (start, end)) in enumerate(zip(prompts, target_spans(segments))):
+        prompt_ids = tokenizer_image_token(before, tokenizer)
+        upto = tokenizer_image_token(text[:end], tokenizer)
+        if upto[: len(prompt_ids)] != prompt_ids or ids[: len(upto)] != upto:
+            raise TargetMaskError(
+                f"sample {sample_id!r}: a token spans both reply {n + 1} ({text[start:end]!r}) and the text around "
+                f"it (the ids up to the reply's end are not a prefix of the conversation's); the target mask "
+                f"cannot be derived exactly (is the template's end-of-turn marker a special token of this "
+                f"tokenizer?)")
+        if len(upto) == len(prompt_ids) and text[start:end].strip():
+            raise TargetMaskError(f"sample {sample_id!r}: no token covers the reply {text[start:end]!r}")
+        labels[len(prompt_ids): len(upto)] = upto[len(prompt_ids):]
     return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
@@ -222,8 +229,10 @@ def preprocess(sources: Sequence, tokenizer, has_image: bool = False, conv=None,
     out = {"input_ids": [], "labels": []}
     for n, source in enumerate(sources):
         sample_id = sample_ids[n] if sample_ids is not None else n
-        segments = render_segments(conv, normalize_turns(source, sample_id), sample_id)
-        ids, labels = tokenize_with_targets(segments, tokenizer, sample_id)
+        turns = normalize_turns(source, sample_id)
+        segments = render_segments(conv, turns, sample_id)
+        prompts = generation_prompts(conv, turns, segments, sample_id)
+        ids, labels = tokenize_with_targets(segments, prompts, tokenizer, sample_id)
         out["input_ids"].append(ids)
         out["labels"].append(labels)
     return out
