@@ -96,11 +96,17 @@ class Terminal:
     def type(self, text):
         os.write(self.master, text.encode())
 
-    def finish(self):
-        stderr = self.proc.stderr.read().decode()
-        code = self.proc.wait(timeout=60)
-        os.close(self.master)
-        return code, stderr
+    def finish(self, timeout=120):
+        """(exit status, stderr); a CLI still running after `timeout` s is killed and the test fails."""
+        try:
+            _, stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise AssertionError(f"the CLI did not exit; terminal: {self.screen[-500:]!r}") from None
+        finally:
+            os.close(self.master)
+        return self.proc.returncode, stderr.decode()
 
 
 def test_cli_on_a_terminal_edits_lines_and_keeps_its_prompt_with_stderr_redirected(picture):
@@ -120,6 +126,7 @@ def test_cli_on_a_terminal_edits_lines_and_keeps_its_prompt_with_stderr_redirect
 def test_cli_ctrl_c_is_one_line(picture):
     term = Terminal(["--image-file", picture])
     term.read_until("Human:")
+    time.sleep(1)  # a person's pace: let input() reach its wait (a signal just before it is not seen by CPython)
     term.type("\x03")  # Ctrl-C at the prompt
     code, stderr = term.finish()
     screen = term.screen.decode(errors="replace")
