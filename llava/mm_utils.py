@@ -40,6 +40,8 @@ def load_image(image_file):
             with urlopen(image_file, timeout=30) as response:
                 data = response.read()
             return Image.open(BytesIO(data)).convert("RGB")
+        if os.path.isdir(image_file):
+            raise ValueError(f"{image_file} is a directory, not an image file")
         if not os.path.isfile(image_file):
             raise FileNotFoundError(f"Image file not found: {image_file}")
         with Image.open(image_file) as image:

@@ -24,7 +24,9 @@ from llava.eval.scoring_io import ScoringInputError
 from llava.eval.scoring_io import read_json as _read_json
 from llava.eval.scoring_io import read_jsonl as _read_jsonl
 from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
-from llava.pruning import PruningConfig, add_pruning_args
+from llava.pruning import add_pruning_args
+from llava.settings import (SettingsError, check_device, check_generation, describe, note_nothing_pruned,
+                            resolve_pruning, resolve_template)
 from llava.utils import available_cpus, entry_parser
 
 
@@ -48,12 +50,19 @@ def get_chunk(lst, n, k):
 
 # ---- reading inputs with errors that name the file and line -----------------------------------------
 def read_jsonl(path):
-    """Dicts of a JSON-lines question file; a malformed line is an EvalInputError naming file and line."""
-    return _read_jsonl(path, "Question file")
+    """Dicts of a JSON-lines question file; a malformed line is an EvalInputError naming file and line, and
+    a file without questions is an error too (a run over nothing would end quietly with nothing)."""
+    rows = _read_jsonl(path, "Question file")
+    if not rows:
+        raise EvalInputError(f"{path}: the question file holds no questions")
+    return rows
 
 
 def read_json(path):
-    return _read_json(path, "Question file")
+    rows = _read_json(path, "Question file")
+    if isinstance(rows, list) and not rows:
+        raise EvalInputError(f"{path}: the question file holds no questions")
+    return rows
 
 
 def require(item, keys, where):
@@ -65,23 +74,77 @@ def require(item, keys, where):
 
 
 # ---- the answer file ---------------------------------------------------------------------------------
+def settings_file(path):
+    """Where an answers file's run settings are kept: beside it, `<answers>.run.json`."""
+    return os.path.expanduser(path) + ".run.json"
+
+
+def _has_answers(path):
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+def _compared(settings):
+    """The settings a resume must repeat: all but --pruning-stats (statistics only add answer metadata)."""
+    out = dict(settings)
+    if isinstance(out.get("pruning"), dict):
+        out["pruning"] = {k: v for k, v in out["pruning"].items() if k != "pruning_stats"}
+    return out
+
+
+def check_resume(path, settings, resume=True):
+    """Before a run resumes `path`: its answers must have been made with these `settings` (a resume with
+    other settings would mix two runs in one file). One error naming each difference; --no-resume starts
+    afresh."""
+    path = os.path.expanduser(path)
+    if not resume or not _has_answers(path):
+        return
+    try:
+        with open(settings_file(path)) as f:
+            before = json.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"{path} holds answers without a record of the settings they were made with "
+                            f"({settings_file(path)}): pass --no-resume to start afresh, or move it") from None
+    except ValueError:
+        raise SettingsError(f"{settings_file(path)} is not a settings record: pass --no-resume to start afresh, "
+                            f"or move it") from None
+    before, settings = _compared(before), _compared(settings)
+    diffs = []
+    for key in sorted(set(before) | set(settings)):
+        old, new = before.get(key), settings.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            diffs += [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k)]
+        elif old != new:
+            diffs.append(f"{key}: {old!r} -> {new!r}")
+    if diffs:
+        raise SettingsError(f"{path} was made with other settings ({'; '.join(diffs)}): resuming would mix two "
+                            f"runs in one file; pass --no-resume to start afresh, or another --answers-file")
+
+
 class AnswerFile:
     """JSON-lines answers, one flushed line per answer, resumable.
 
     `key(record)` identifies an answer (question_id; MMBench: question_id and round_id). With resume
     (the default), existing lines are kept and their keys reported by `done`; a last line without its
     newline or not valid JSON (a crash mid-write) is cut off. A malformed line elsewhere is an error:
-    that file was not written by us and is not overwritten.
+    that file was not written by us and is not overwritten. `settings` (a dict: the run's model,
+    template, pruning and generation settings) are kept in `<answers>.run.json`; resuming a file made
+    with other settings is an error (check_resume).
     """
 
-    def __init__(self, path, key=lambda r: r["question_id"], resume=True):
+    def __init__(self, path, key=lambda r: r["question_id"], resume=True, settings=None):
         self.path, self.key = os.path.expanduser(path), key
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.done = set()
+        if settings is not None:
+            check_resume(self.path, settings, resume)
         if resume and os.path.exists(self.path):
             self._load()
         else:
             open(self.path, "w").close()
+        if settings is not None:
+            with open(settings_file(self.path), "w") as f:
+                json.dump(settings, f, indent=1, sort_keys=True)
         self.file = open(self.path, "a", encoding="utf-8")
 
     def _load(self):
@@ -148,7 +211,9 @@ def eval_parser(module, doc, question_file="tables/question.jsonl", conv_mode="l
     p.add_argument("--question-file", type=str, default=question_file, help="the questions (JSON lines or JSON)")
     p.add_argument("--answers-file", type=str, default="answer.jsonl",
                    help="where answers go, one JSON line each (resumed if it exists)")
-    p.add_argument("--conv-mode", type=str, default=conv_mode, help="conversation template")
+    p.add_argument("--conv-mode", type=str, default=None,
+                   help=f"conversation template (default: the one the checkpoint was trained with, else {conv_mode})")
+    p.set_defaults(default_conv_mode=conv_mode)
     p.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks (one per GPU)")
     p.add_argument("--chunk-idx", type=int, default=0, help="the chunk this process answers, in [0, --num-chunks)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 answers greedily")
@@ -178,26 +243,52 @@ def check_chunks(args):
                          f"got {args.chunk_idx} of {args.num_chunks}")
 
 
+def run_record(args, conv_mode, pruning):
+    """The settings an answer file's answers are made with (kept beside it; a resume must match them)."""
+    record = {"model_path": args.model_path, "model_base": args.model_base, "vision_tower": args.vision_tower,
+              "conv_mode": conv_mode, "pruning": {k: v for k, v in pruning.to_dict().items()},
+              "temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
+    for name in ("top_p", "num_beams"):
+        if hasattr(args, name):
+            record[name] = getattr(args, name)
+    return record
+
+
 def load_model(args):
-    """(tokenizer, model, image_processor, model_name, pruning config) from the eval arguments."""
+    """(tokenizer, model, image_processor, model_name, pruning config) from the eval arguments.
+
+    Before any weights are read: every setting is checked (llava.settings), the template and the pruning
+    in force are resolved (args.conv_mode is set to the template used), an existing answers file is
+    checked against this run's settings (AnswerFile), and the run is described in one line on stderr."""
     from llava.model.builder import load_pretrained_model
     from llava.utils import disable_torch_init
 
-    disable_torch_init()
-    pruning = PruningConfig.from_args(args)
+    check_chunks(args)
+    check_generation(args)
+    check_device(args.device)
     model_path = os.path.expanduser(args.model_path)
     model_name = get_model_name_from_path(model_path)
+    conv_mode, source = resolve_template(args.conv_mode, model_path, model_name, args.default_conv_mode)
+    if source in ("default", "--conv-mode"):
+        conv_mode = plain_mmtag(conv_mode, model_name)
+    pruning = resolve_pruning(args, model_path)
+    args.conv_mode = conv_mode
+    args.run_record = run_record(args, conv_mode, pruning.config)
+    check_resume(args.answers_file, args.run_record, args.resume)
+    print(describe(args.model_path, conv_mode, source, pruning, answers=args.answers_file), file=sys.stderr)
+    disable_torch_init()
     tokenizer, model, processor, _ = load_pretrained_model(
         model_path, args.model_base, model_name, device=args.device, vision_tower=args.vision_tower,
-        pruning=pruning if pruning.is_active else None)
-    if pruning.pruning_stats and not pruning.is_active:
-        model.set_pruning(pruning)
-    return tokenizer, model, processor, model_name, pruning
+        pruning=pruning.config)
+    note_nothing_pruned(model, pruning.config)
+    return tokenizer, model, processor, model_name, pruning.config
 
 
 def plain_mmtag(conv_mode, model_name):
-    """Upstream: a pretrain-only ('plain', not 'finetune') model uses the _mmtag variant of the template."""
-    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode:
+    """Upstream: a pretrain-only ('plain', not 'finetune') model uses the _mmtag variant of the template
+    (where that variant exists)."""
+    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode \
+            and conv_mode + "_mmtag" in conv_templates:
         return conv_mode + "_mmtag"
     return conv_mode
 
@@ -290,7 +381,7 @@ def views_per_image(images, pruning):
         return []
     counts = [img.shape[0] if img.ndim == 4 else 1 for img in images] if isinstance(images, list) or images.ndim == 5 \
         else [1] * images.shape[0]
-    if pruning.budget_scope == "global":
+    if pruning.budget_scope == "global" and pruning.is_active:
         return [1] * len(counts)
     return counts
 
@@ -338,8 +429,9 @@ class QuestionDataset(torch.utils.data.Dataset):
             pixels = None if image is None else process_images([image], self.processor, self.config)[0]
             ids = prompt_ids(full_prompt(item["question"], self.conv_mode), self.tokenizer)
             return ids, pixels, None if image is None else image.size, item
-        except (FileNotFoundError, ValueError, OSError) as e:
-            return e
+        except (FileNotFoundError, ValueError, OSError) as e:  # say which question it was
+            where = item.get("where") or f"question {item.get('question_id')!r}"
+            return type(e)(f"{where}: {e}") if isinstance(e, (FileNotFoundError, ValueError)) else e
 
 
 def _collate(batch):

@@ -75,7 +75,7 @@ def eval_model(args):
         items.append({"key": qid, "question_id": qid, "prompt": text, "question": image_prompt(text, model.config),
                       "image_file": os.path.join(args.image_folder, image),
                       "extra": {"image_id": q.get("image_id", image_id_of(image)), "image": image}})
-    with AnswerFile(args.answers_file, resume=args.resume) as answers:
+    with AnswerFile(args.answers_file, resume=args.resume, settings=args.run_record) as answers:
         answer_questions(items, args, model, tokenizer, processor, model_name, args.conv_mode, answers,
                          batch_size=args.batch_size, num_workers=args.num_workers, desc="captioning")
 

@@ -19,7 +19,7 @@ def vqa_items(questions, image_folder, model_config, path):
     for n, q in enumerate(questions, 1):
         qid, image, text = require(q, ("question_id", "image", "text"), f"{path}: question {n}")
         items.append({"key": qid, "question_id": qid, "prompt": text, "question": image_prompt(text, model_config),
-                      "image_file": os.path.join(image_folder, image)})
+                      "image_file": os.path.join(image_folder, image), "where": f"{path}: question_id {qid!r}"})
     return items
 
 
@@ -28,7 +28,7 @@ def eval_model(args):
     questions = get_chunk(read_jsonl(args.question_file), args.num_chunks, args.chunk_idx)
     tokenizer, model, processor, model_name, _ = load_model(args)
     items = vqa_items(questions, args.image_folder, model.config, args.question_file)
-    with AnswerFile(args.answers_file, resume=args.resume) as answers:
+    with AnswerFile(args.answers_file, resume=args.resume, settings=args.run_record) as answers:
         answer_questions(items, args, model, tokenizer, processor, model_name, args.conv_mode, answers,
                          batch_size=args.batch_size, num_workers=args.num_workers)
 

@@ -11,7 +11,7 @@ Ours: `--batch-size` (left-padded batched generation; greedy answers equal batch
 import sys
 
 from llava.eval.common import (AnswerFile, answer_questions, check_chunks, eval_parser, get_chunk, load_model,
-                               plain_mmtag, read_jsonl, run_main)
+                               read_jsonl, run_main)
 from llava.eval.model_vqa import vqa_items
 
 
@@ -19,9 +19,9 @@ def eval_model(args):
     check_chunks(args)
     questions = get_chunk(read_jsonl(args.question_file), args.num_chunks, args.chunk_idx)
     tokenizer, model, processor, model_name, _ = load_model(args)
-    conv_mode = plain_mmtag(args.conv_mode, model_name)
+    conv_mode = args.conv_mode  # resolved by load_model (upstream's _mmtag rule for pretrain-only models included)
     items = vqa_items(questions, args.image_folder, model.config, args.question_file)
-    with AnswerFile(args.answers_file, resume=args.resume) as answers:
+    with AnswerFile(args.answers_file, resume=args.resume, settings=args.run_record) as answers:
         answer_questions(items, args, model, tokenizer, processor, model_name, conv_mode, answers,
                          batch_size=args.batch_size, num_workers=args.num_workers)
 

@@ -12,7 +12,7 @@ import csv
 import sys
 
 from llava.eval.common import (AnswerFile, EvalInputError, answer_questions, check_chunks, eval_parser, get_chunk,
-                               image_prompt, load_model, plain_mmtag, run_main)
+                               image_prompt, load_model, run_main)
 from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT
 
 ALL_OPTIONS = ["A", "B", "C", "D"]
@@ -84,9 +84,10 @@ def eval_model(args):
     rows = get_chunk(read_tsv(args.question_file), args.num_chunks, args.chunk_idx)
     tokenizer, model, processor, model_name, _ = load_model(args)
     items = mmbench_items(rows, args, model.config)
-    with AnswerFile(args.answers_file, key=lambda r: (r["question_id"], r["round_id"]), resume=args.resume) as answers:
+    with AnswerFile(args.answers_file, key=lambda r: (r["question_id"], r["round_id"]), resume=args.resume,
+                    settings=args.run_record) as answers:
         answer_questions(items, args, model, tokenizer, processor, model_name,
-                         plain_mmtag(args.conv_mode, model_name), answers,
+                         args.conv_mode, answers,
                          batch_size=args.batch_size, num_workers=args.num_workers)
 
 

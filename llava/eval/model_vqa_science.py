@@ -48,7 +48,7 @@ def eval_model(args):
     questions = get_chunk(questions, args.num_chunks, args.chunk_idx)
     tokenizer, model, processor, model_name, _ = load_model(args)
     items = science_items(questions, args, model.config)
-    with AnswerFile(args.answers_file, resume=args.resume) as answers:
+    with AnswerFile(args.answers_file, resume=args.resume, settings=args.run_record) as answers:
         answer_questions(items, args, model, tokenizer, processor, model_name, args.conv_mode, answers,
                          batch_size=args.batch_size, num_workers=args.num_workers)
 

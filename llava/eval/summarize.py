@@ -105,6 +105,9 @@ def build_rows(table, baseline="none"):
     """(benchmark columns, rows of dicts: method, K, per-bench scores, avg, n)."""
     benches = sorted({b for s in table.values() for b in s}, key=lambda b: (ORDER.index(b) if b in ORDER else 99, b))
     base_keys = sorted(k for k in table if k[0] == baseline)
+    if table and not base_keys:
+        print(f"note: no scores of --baseline {baseline} (found {', '.join(sorted({k[0] for k in table}))}): "
+              f"the Avg column stays empty", file=sys.stderr)
     base = table[base_keys[0]] if base_keys else {}
     rows = []
     for key in sorted(table, key=sort_key):

@@ -39,6 +39,8 @@ def resolve_checkpoint(path, what="model_path"):
             return snapshot_download(path, local_files_only=True)
         except Exception:
             pass
+    if path.count("/") != 1 or path.startswith((".", "/", "~")):  # a path, not a hub id
+        raise FileNotFoundError(f"Checkpoint not found ({what}={path!r}): no such folder")
     raise FileNotFoundError(
         f"Checkpoint not found ({what}={path!r}): not a local folder and not in the Hugging Face cache. "
         f"Download it first (e.g. `hf download {path} --local-dir checkpoints/{os.path.basename(path.rstrip('/'))}`) "
@@ -260,7 +262,8 @@ def load_pretrained_model(
         if vision_tower_override is None and tower_name and not os.path.isabs(tower_name) \
                 and os.path.isdir(os.path.join(model_path, tower_name)):
             config.mm_vision_tower = os.path.join(model_path, tower_name)  # a tower shipped inside the checkpoint
-        resolve_vision_tower(getattr(config, "mm_vision_tower", None) or config.vision_tower)  # fail before the LLM loads
+        resolve_vision_tower(getattr(config, "mm_vision_tower", None) or config.vision_tower,  # fail before the LLM
+                             "--vision-tower" if vision_tower_override is not None else None)
         model_cls = model_class_for(config)
         if kind == "full":
             tokenizer = load_tokenizer(model_path)

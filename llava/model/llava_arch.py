@@ -130,9 +130,12 @@ class LlavaMetaForCausalLM:
         method (or with fastv, which prunes inside the decoder), or when K >= N, the features pass
         through untouched, so outputs are bit-identical to the unpruned model.
         """
-        if not self._prunes_visual_tokens():
-            return features, None
         cfg = self.pruning_config
+        if not self._prunes_visual_tokens():
+            if cfg.pruning_stats and not cfg.is_active:  # unpruned: the statistics of all the tokens
+                every = torch.arange(features.shape[1], device=features.device).expand(features.shape[0], -1)
+                self._record_stats(features, attention, features, every, time.perf_counter())
+            return features, None
         start = time.perf_counter()
         kept, idx = prune_visual_tokens(cfg.method, features, attention, cfg.visual_token_num, **cfg.options())
         if cfg.pruning_stats:
@@ -211,6 +214,7 @@ class LlavaMetaForCausalLM:
     def image_blocks_anyres(self, features, attention, image_size):
         """One image's views [V, N, hidden] -> its visual embeddings [T, hidden], pruned per the scope."""
         if not self._prunes_visual_tokens():
+            self.select_visual_tokens(features, attention)  # (statistics per view, when asked for)
             return self.merge_views(features, image_size)
         if self.pruning_config.budget_scope == "global":  # K over the merged sequence (newlines included)
             merged = self.merge_views(features, image_size)

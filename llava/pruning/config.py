@@ -105,41 +105,72 @@ class PruningConfig:
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}).validate()
 
 
+GIVEN = "pruning_flags_given"  # the namespace attribute listing the pruning settings given on the command line
+
+
+def _record(namespace, dest):
+    given = set(getattr(namespace, GIVEN, ()))
+    given.add(dest)
+    setattr(namespace, GIVEN, given)
+
+
+class _Store(argparse._StoreAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _record(namespace, self.dest)
+
+
+class _StoreTrue(argparse._StoreTrueAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _record(namespace, self.dest)
+
+
+def flags_given(args):
+    """The PruningConfig fields whose flag was on the command line (the rest hold defaults)."""
+    return set(getattr(args, GIVEN, ()))
+
+
 def add_pruning_args(parser):
-    """Add the shared pruning flags to an argparse parser (same names and meaning in every entry point)."""
+    """Add the shared pruning flags to an argparse parser (same names and meaning in every entry point).
+    The namespace also records which of them were given (flags_given), so a run can tell a flag from a
+    default and say where each setting came from."""
     g = parser.add_argument_group("visual token pruning")
-    g.add_argument("--pruning-method", dest="method", default="none", choices=sorted(METHODS),
+    g.add_argument("--pruning-method", action=_Store, dest="method", default="none", choices=sorted(METHODS),
                    help="how visual tokens are chosen: none (keep all), agile (AgilePruner), fastervlm, divprune, "
                         "fps, vispruner, mix (FasterVLM + DivPrune), visionzip (merges), random; fastv prunes "
                         "inside the LLM")
-    g.add_argument("--visual-token-num", type=int, default=None,
+    g.add_argument("--visual-token-num", action=_Store, type=int, default=None,
                    help="K: visual embeddings fed to the LLM per image (per view with --budget-scope per-view); "
                         "K >= the tokens available means no pruning")
-    g.add_argument("--erank-avg", type=float, default=DEFAULT_OPTIONS["erank_avg"],
+    g.add_argument("--erank-avg", action=_Store, type=float, default=DEFAULT_OPTIONS["erank_avg"],
                    help="agile and the adaptive/inverse rules: reference effective rank (90 for LLaVA-1.5-7B; "
                         "python -m llava.pruning.calibrate for other models)")
-    g.add_argument("--tau-max", type=float, default=DEFAULT_OPTIONS["tau_max"],
+    g.add_argument("--tau-max", action=_Store, type=float, default=DEFAULT_OPTIONS["tau_max"],
                    help="agile: cap on the cosine-distance threshold")
-    g.add_argument("--tau-step", type=float, default=DEFAULT_OPTIONS["tau_step"],
+    g.add_argument("--tau-step", action=_Store, type=float, default=DEFAULT_OPTIONS["tau_step"],
                    help="agile: threshold growth per attention rank, scaled by erank/erank-avg")
-    g.add_argument("--important-ratio", type=float, default=DEFAULT_OPTIONS["important_ratio"],
+    g.add_argument("--important-ratio", action=_Store, type=float, default=DEFAULT_OPTIONS["important_ratio"],
                    help="vispruner: share of K chosen by attention, the rest by de-duplication "
                         "(R0 of the complexity rule)")
-    g.add_argument("--attention-share", type=float, default=DEFAULT_OPTIONS["attention_share"],
+    g.add_argument("--attention-share", action=_Store, type=float, default=DEFAULT_OPTIONS["attention_share"],
                    help="mix: share R of K chosen by attention, the rest by DivPrune (R0 of the complexity rule)")
-    g.add_argument("--complexity-rule", default=DEFAULT_OPTIONS["complexity_rule"], choices=COMPLEXITY_RULES,
+    g.add_argument("--complexity-rule", action=_Store, default=DEFAULT_OPTIONS["complexity_rule"],
+                   choices=COMPLEXITY_RULES,
                    help="mix/vispruner: fixed R, adaptive (R falls as the image's erank rises) or inverse (ablation)")
-    g.add_argument("--share-slope", type=float, default=DEFAULT_OPTIONS["share_slope"],
+    g.add_argument("--share-slope", action=_Store, type=float, default=DEFAULT_OPTIONS["share_slope"],
                    help="adaptive/inverse: R = clip(R0 -/+ slope * (erank/erank-avg - 1), share-min, share-max)")
-    g.add_argument("--share-min", type=float, default=DEFAULT_OPTIONS["share_min"],
+    g.add_argument("--share-min", action=_Store, type=float, default=DEFAULT_OPTIONS["share_min"],
                    help="adaptive/inverse: lower clip of R")
-    g.add_argument("--share-max", type=float, default=DEFAULT_OPTIONS["share_max"],
+    g.add_argument("--share-max", action=_Store, type=float, default=DEFAULT_OPTIONS["share_max"],
                    help="adaptive/inverse: upper clip of R")
-    g.add_argument("--pruning-seed", dest="seed", type=int, default=DEFAULT_OPTIONS["seed"], help="random: seed")
-    g.add_argument("--fastv-layer", type=int, default=2, help="fastv: decoder layer at which image tokens are pruned")
-    g.add_argument("--budget-scope", default="per-view", choices=BUDGET_SCOPES,
+    g.add_argument("--pruning-seed", action=_Store, dest="seed", type=int, default=DEFAULT_OPTIONS["seed"],
+                   help="random: seed")
+    g.add_argument("--fastv-layer", action=_Store, type=int, default=2,
+                   help="fastv: decoder layer at which image tokens are pruned")
+    g.add_argument("--budget-scope", action=_Store, default="per-view", choices=BUDGET_SCOPES,
                    help="LLaVA-1.6 anyres: K per view (per-view) or K over all views of an image (global)")
-    g.add_argument("--pruning-stats", action="store_true",
+    g.add_argument("--pruning-stats", action=_StoreTrue,
                    help="record per image: erank of all and of kept tokens, attention entropy, kept indices, time")
     return parser
 

@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 
 from llava.utils import entry_parser
 
-from .config import PruningConfig, add_pruning_args
+from .config import PruningConfig, add_pruning_args, flags_given
+from .registry import METHODS
 from .metrics import attention_entropy, effective_rank
 from .select import select_visual_tokens
 from .tools import add_model_args, load_for_tools, load_image, model_view, pruning_inputs
@@ -47,6 +48,11 @@ def contact_sheet(panels, gap=8):
     return sheet
 
 
+def selects_patches(method):
+    spec = METHODS[method]
+    return not (spec.in_llm or spec.merges or spec.keeps_all)
+
+
 def build_parser():
     # conflict_handler="resolve": --pruning-method names this command's list of methods (as in
     # llava.eval.benchmark), replacing the shared single-method flag of add_pruning_args
@@ -60,18 +66,29 @@ def build_parser():
 
 
 def main(argv=None):
+    from llava.settings import checkpoint_calibration
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.visual_token_num is None or args.visual_token_num <= 0:
-            raise ValueError(f"--visual-token-num must be a positive integer, got {args.visual_token_num!r}")
+        if args.visual_token_num is None:
+            raise ValueError("--visual-token-num is required: the visual tokens each method keeps (e.g. 64)")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for m in methods:
             PruningConfig(method=m, visual_token_num=args.visual_token_num).validate()
+            if not selects_patches(m):
+                why = ("prunes inside the LLM, by the prompt's attention" if METHODS[m].in_llm else
+                       "merges tokens instead of keeping patches" if METHODS[m].merges else "keeps every patch")
+                shown = ", ".join(sorted(n for n in METHODS if selects_patches(n)))
+                raise ValueError(f"--methods: {m} {why}, so it has no kept patches to show; pick from {shown}")
         image = load_image(args.image_file)
         model, processor = load_for_tools(args)
         features, attention = pruning_inputs(model, processor, image)
         options = PruningConfig.from_args(args).options()
+        if "erank_avg" not in flags_given(args):  # the checkpoint's calibration, as the demo and the CLI use
+            calibrated = checkpoint_calibration(args.model_path)
+            options["erank_avg"] = options["erank_avg"] if calibrated is None else calibrated
+            print(f"erank_avg {options['erank_avg']:g} ({'default' if calibrated is None else 'calibration'})")
         base, attn = features[:1], attention[:1]
         grid = model.get_vision_tower().num_patches_per_side
         view = model_view(model, processor, image)

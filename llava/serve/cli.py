@@ -9,10 +9,12 @@ import time
 import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llava.conversation import SeparatorStyle, auto_conv_mode, conv_templates
+from llava.conversation import SeparatorStyle, conv_templates
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.pruning import PruningConfig, add_pruning_args
+from llava.pruning import add_pruning_args
+from llava.settings import (check_device, check_generation, describe, note_nothing_pruned, resolve_pruning,
+                            resolve_template)
 from llava.utils import disable_torch_init, entry_parser
 
 
@@ -109,20 +111,20 @@ def read_line(prompt):
 
 
 def main(args):
-    disable_torch_init()
-    pruning = PruningConfig.from_args(args)
+    # every setting is checked, and the run described, before any weights are read
+    check_generation(args)
+    check_device(args.device)
     model_name = get_model_name_from_path(args.model_path)
+    conv_mode, template_source = resolve_template(args.conv_mode, args.model_path, model_name)
+    pruning = resolve_pruning(args, args.model_path)
     image = load_image(args.image_file)
+    print(describe(args.model_path, conv_mode, template_source, pruning), file=sys.stderr)
+    disable_torch_init()
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit,
-        device=args.device, vision_tower=args.vision_tower, pruning=pruning if pruning.is_active else None,
+        device=args.device, vision_tower=args.vision_tower, pruning=pruning.config,
     )
-    conv_mode = auto_conv_mode(model_name)
-    if args.conv_mode is not None and args.conv_mode != conv_mode:
-        print(f"template: {args.conv_mode} (--conv-mode; the model name suggests {conv_mode})", file=sys.stderr)
-        conv_mode = args.conv_mode
-    if conv_mode not in conv_templates:
-        raise ValueError(f"Unknown --conv-mode {conv_mode!r}; choose from {sorted(conv_templates)}")
+    note_nothing_pruned(model, pruning.config)
     session = ChatSession(tokenizer, model, image_processor, image, conv_mode, args.temperature, args.max_new_tokens)
 
     from transformers import TextStreamer
@@ -135,7 +137,7 @@ def main(args):
         print(f"{session.roles[1]}: ", end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         answer = session.ask(text, streamer=streamer)
-        if pruning.pruning_stats:
+        if pruning.config.pruning_stats:
             for rec in model.pruning_records:
                 summary = {k: v for k, v in rec.items() if k != "kept_indices"}
                 print(f"[pruning-stats] {summary} kept={len(rec['kept_indices'] or [])}", file=sys.stderr)

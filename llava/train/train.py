@@ -121,11 +121,26 @@ def split_pruning_args(argv):
 
 
 def parse_args(argv=None):
-    """-> (ModelArguments, DataArguments, TrainingArguments, PruningConfig)."""
+    """-> (ModelArguments, DataArguments, TrainingArguments, PruningConfig). --help lists the trainer's
+    arguments and the shared pruning flags."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    pruning, rest = split_pruning_args(argv)
     hf_parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if any(a in ("-h", "--help") for a in argv):
+        add_pruning_args(hf_parser).parse_args(["--help"])  # prints, exits
+    pruning, rest = split_pruning_args(argv)
     model_args, data_args, training_args = hf_parser.parse_args_into_dataclasses(args=rest)
+    return model_args, data_args, training_args, pruning
+
+
+def parse_checked_args(argv=None):
+    """parse_args, then the checks a run needs before it loads anything; a bad setting ends the process
+    with one `error: ...` line and exit status 2 (as the CLI and the generators do)."""
+    try:
+        model_args, data_args, training_args, pruning = parse_args(argv)
+        check_training_pruning(pruning)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     return model_args, data_args, training_args, pruning
 
 
@@ -451,8 +466,7 @@ def train(attn_implementation=None, argv=None):
     from llava.model.builder import load_tokenizer, resolve_checkpoint
     from llava.train.llava_trainer import LLaVATrainer
 
-    model_args, data_args, training_args, pruning = parse_args(argv)
-    check_training_pruning(pruning)
+    model_args, data_args, training_args, pruning = parse_checked_args(argv)
     # DeepSpeed (imported by the Trainer when installed) warns on every machine without a GPU that it uses
     # the CPU; that is what a CPU run asked for.
     logging.getLogger("DeepSpeed").addFilter(_DropNotice("Setting accelerator to CPU"))
@@ -490,6 +504,9 @@ def train(attn_implementation=None, argv=None):
     tokenizer.model_max_length = training_args.model_max_length
     tokenizer.padding_side = "right"
     data_args.conv = configure_tokenizer(tokenizer, llava_model, model_args)
+    # the template the model is trained with, so the CLI and the generators use it (llava.settings)
+    llava_model.config.conv_mode = next(name for name, c in conversation_lib.conv_templates.items()
+                                        if c is data_args.conv)
 
     if model_args.vision_tower is not None:
         tower = initialize_vision_modules(llava_model, model_args)

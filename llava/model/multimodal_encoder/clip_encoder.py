@@ -20,10 +20,11 @@ class VisionTowerNotFoundError(FileNotFoundError):
     """The checkpoint's `mm_vision_tower` is neither a local folder nor in the Hugging Face cache."""
 
 
-def resolve_vision_tower(name):
+def resolve_vision_tower(name, given_by=None):
     """Local folder for `name`: the folder itself, or its snapshot in the user's Hugging Face cache.
 
     Nothing is downloaded: a missing tower raises one clear error saying what to fetch and where.
+    `given_by`: the flag that named it (default: the checkpoint's config key mm_vision_tower).
     """
     if os.path.isdir(name):
         return name
@@ -33,6 +34,9 @@ def resolve_vision_tower(name):
         return snapshot_download(name, local_files_only=True)
     except Exception:
         pass
+    if given_by is not None:
+        raise VisionTowerNotFoundError(f"Vision tower {name!r} ({given_by}) was not found: it is neither a local "
+                                       f"folder nor in the Hugging Face cache")
     raise VisionTowerNotFoundError(
         f"Vision tower {name!r} (config key mm_vision_tower) was not found: it is neither a local folder "
         f"nor in the Hugging Face cache. Download it once, e.g. `hf download {name}` (it goes to the "

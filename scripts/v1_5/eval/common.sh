@@ -1,7 +1,8 @@
 #!/bin/bash
 # Shared by scripts/v1_5/eval/<bench>.sh: `bash scripts/v1_5/eval/<bench>.sh [METHOD] [K]`.
 #
-# METHOD (default none) and K (default 576) pick the pruning method and visual token budget.
+# METHOD (default none) and K pick the pruning method and visual token budget (K is required with a method;
+# none runs as k576).
 # Environment (all optional):
 #   MODEL_PATH   checkpoint folder or HF-cache id          (default liuhaotian/llava-v1.5-7b)
 #   CKPT         name used in the answer paths             (default: basename of MODEL_PATH)
@@ -11,12 +12,20 @@
 #   EVAL_ARGS    more generator flags, e.g. "--device cpu --num-workers 0 --batch-size 8"
 #   PYTHON       interpreter                                (default python)
 #   CUDA_VISIBLE_DEVICES  GPUs for the chunked benchmarks (one chunk per GPU, as upstream)
-# Answers: $EVAL_DIR/<bench>/answers/$CKPT/$METHOD/k$K.jsonl (resumed if the run is repeated);
-# scores:  $EVAL_DIR/<bench>/scores/$CKPT/$METHOD/k$K.json (read by python -m llava.eval.summarize).
+# Answers: $EVAL_DIR/<bench>/answers/$CKPT/$RUN_NAME/k$K.jsonl (resumed if the run is repeated with the same
+# settings, refused with other ones; <answers>.run.json records them); scores: the same under scores/ (.json,
+# read by python -m llava.eval.summarize). RUN_NAME is METHOD, plus what else distinguishes the run:
+# PRUNING_ARGS (--pruning-stats aside) and a CONV_MODE other than vicuna_v1, e.g. agile+erank-avg=12.03.
 set -euo pipefail
 
 METHOD=${1:-${METHOD:-none}}
-K=${2:-${K:-576}}
+K=${2:-${K:-}}
+if [ "$METHOD" = none ]; then
+    K=${K:-576}
+elif [ -z "$K" ]; then
+    echo "error: METHOD=$METHOD needs K, the visual tokens per image: bash $0 $METHOD 64" >&2
+    exit 2
+fi
 MODEL_PATH=${MODEL_PATH:-liuhaotian/llava-v1.5-7b}
 CKPT=${CKPT:-$(basename "$MODEL_PATH")}
 EVAL_DIR=${EVAL_DIR:-./playground/data/eval}
@@ -24,7 +33,11 @@ CONV_MODE=${CONV_MODE:-vicuna_v1}
 PYTHON=${PYTHON:-python}
 PRUNING_ARGS=${PRUNING_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
-RUN="$CKPT/$METHOD/k$K"
+# what distinguishes this run from another with the same METHOD and K, in its file names
+TAG=$(printf '%s' "$PRUNING_ARGS" | sed -E 's/--pruning-stats//g; s/^ +| +$//g; s/ +/ /g; s/--([a-z-]+) /\1=/g; s/--//g; s/ /+/g; s/[^A-Za-z0-9._=+-]/-/g')
+if [ "$CONV_MODE" != vicuna_v1 ]; then TAG="${TAG:+$TAG+}conv=$CONV_MODE"; fi
+RUN_NAME="$METHOD${TAG:++$TAG}"
+RUN="$CKPT/$RUN_NAME/k$K"
 
 # shellcheck disable=SC2206
 PRUNE=(--pruning-method "$METHOD" --visual-token-num "$K" $PRUNING_ARGS)
@@ -41,13 +54,13 @@ need() {  # need FILE...: stop with a clear message if benchmark data is missing
 }
 
 score_file() {  # score_file BENCH: where the scorer writes its JSON
-    mkdir -p "$EVAL_DIR/$1/scores/$CKPT/$METHOD"
-    echo "$EVAL_DIR/$1/scores/$CKPT/$METHOD/k$K.json"
+    mkdir -p "$EVAL_DIR/$1/scores/$CKPT/$RUN_NAME"
+    echo "$EVAL_DIR/$1/scores/$CKPT/$RUN_NAME/k$K.json"
 }
 
 answers_file() {  # answers_file BENCH
-    mkdir -p "$EVAL_DIR/$1/answers/$CKPT/$METHOD"
-    echo "$EVAL_DIR/$1/answers/$CKPT/$METHOD/k$K.jsonl"
+    mkdir -p "$EVAL_DIR/$1/answers/$CKPT/$RUN_NAME"
+    echo "$EVAL_DIR/$1/answers/$CKPT/$RUN_NAME/k$K.jsonl"
 }
 
 # run_chunked BENCH QUESTION_FILE IMAGE_FOLDER: model_vqa_loader once per GPU in CUDA_VISIBLE_DEVICES
