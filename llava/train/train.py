@@ -27,6 +27,7 @@ from llava import conversation as conversation_lib
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import load_image, process_images
 from llava.pruning import PruningConfig, add_pruning_args
+from llava.settings import Pruning, describe
 from llava.pruning.methods import METHODS
 from llava.train.preprocess import TargetMaskError, preprocess, preprocess_multimodal  # noqa: F401 (upstream names)
 from llava.model.compat import quiet_peft
@@ -141,6 +142,9 @@ def parse_checked_args(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    sources = {k: "flag" for k, v in pruning.to_dict().items() if v != getattr(PruningConfig(), k)}
+    rank0_print(describe(model_args.model_name_or_path, model_args.version, "--version", Pruning(pruning, sources),
+                         output=training_args.output_dir))
     return model_args, data_args, training_args, pruning
 
 
