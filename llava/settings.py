@@ -109,7 +109,12 @@ def resolve_template(conv_mode, model_path, model_name, fallback=None):
     if conv_mode is not None:
         check_template(conv_mode)
         return conv_mode, "--conv-mode"
-    recorded = checkpoint_config(model_path).get("conv_mode")
+    from llava.model.hf_convert import is_llava_hf, template_for
+
+    config = checkpoint_config(model_path)
+    recorded = config.get("conv_mode")
+    if recorded is None and is_llava_hf(config):  # transformers' layout: the template of the model family
+        recorded = template_for(config["text_config"])
     if recorded is not None:
         if recorded not in conv_templates:
             raise SettingsError(f"{model_path}/config.json: conv_mode {recorded!r} is not a known template; "

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model.compat import quiet_peft
+from llava.model.hf_convert import is_llava_hf, load_llava_hf
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import resolve_vision_tower
@@ -229,6 +230,14 @@ def load_pretrained_model(
 
     model_path = resolve_checkpoint(model_path, "model_path")
     model_base = resolve_checkpoint(model_base, "model_base")
+    if is_llava_hf(read_config(model_path)):  # transformers' own layout (llava-hf): converted on load
+        if model_base is not None or vision_tower_override is not None:
+            raise ValueError(f"{model_path} is a llava-hf checkpoint (tower and LLM inside): it takes no "
+                             f"model_base or vision_tower")
+        tokenizer = load_tokenizer(model_path)
+        model, image_processor = load_llava_hf(model_path, read_config(model_path), **kwargs)
+        model.set_pruning(pruning)
+        return tokenizer, model, image_processor, getattr(model.config, "max_position_embeddings", 2048)
     kind = detect_checkpoint_kind(model_path, model_name, model_base)
 
     if kind == "lora" and model_base is None:
@@ -294,8 +303,8 @@ def attach_vision(model, tokenizer, device_map, device):
         tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
     if getattr(model.config, "mm_use_im_start_end", False):
         tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-    if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # rows for added tokens; never fewer
+        model.resize_token_embeddings(len(tokenizer))  # (llava-hf pads its vocabulary to 32064 rows)
     vision_tower = model.get_vision_tower()
     if not vision_tower.is_loaded:
         vision_tower.load_model(device_map=device_map)

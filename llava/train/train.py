@@ -272,6 +272,7 @@ def load_llm(model_args, training_args, attn_implementation, dtype):
     """LlavaLlamaForCausalLM / LlavaMistralForCausalLM from a plain LLM or a LLaVA checkpoint (with a
     vision tower), else the plain causal LM."""
     from llava.model.builder import from_pretrained, llava_config, model_class_for, read_config, resolve_checkpoint
+    from llava.model.hf_convert import is_llava_hf, load_llava_hf
 
     path = model_args.model_name_or_path
     local = resolve_checkpoint(path, "model_name_or_path")
@@ -286,9 +287,11 @@ def load_llm(model_args, training_args, attn_implementation, dtype):
             load_in_4bit=training_args.bits == 4, load_in_8bit=training_args.bits == 8,
             llm_int8_skip_modules=["mm_projector"], bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=training_args.double_quant, bnb_4bit_quant_type=training_args.quant_type)
+    cfg = read_config(local)
+    if is_llava_hf(cfg):  # transformers' own LLaVA layout: converted on load, trained as ours
+        return load_llava_hf(local, cfg, **kwargs)[0]
     if model_args.vision_tower is None:
         return from_pretrained(transformers.AutoModelForCausalLM, local, **kwargs)
-    cfg = read_config(local)
     if "mpt" in cfg.get("model_type", ""):
         raise NotImplementedError("MPT language models are not supported in this fork")
     config = llava_config(local, cfg)
@@ -301,13 +304,17 @@ def initialize_vision_modules(model, model_args):
     from llava.model.multimodal_encoder.builder import build_vision_tower
     from llava.model.multimodal_projector.builder import build_vision_projector
 
+    from llava.model.hf_convert import TOWER_FOLDER
+
     inner, config = model.get_model(), model.config
-    config.mm_vision_tower = model_args.vision_tower
+    tower = inner.get_vision_tower()
+    # a model converted from llava-hf carries its own tower (saved in the checkpoint): it stays
+    carried = tower is not None and tower.is_loaded and tower.vision_tower_name == TOWER_FOLDER
+    config.mm_vision_tower = TOWER_FOLDER if carried else model_args.vision_tower
     config.mm_vision_select_layer = model_args.mm_vision_select_layer
     config.mm_vision_select_feature = model_args.mm_vision_select_feature
     config.mm_patch_merge_type = model_args.mm_patch_merge_type
-    tower = inner.get_vision_tower()
-    if tower is None or tower.vision_tower_name != model_args.vision_tower or not tower.is_loaded:
+    if not carried and (tower is None or tower.vision_tower_name != model_args.vision_tower or not tower.is_loaded):
         tower = build_vision_tower(config)  # loads the tower (frozen)
         inner.vision_tower = tower
     tower.select_layer = model_args.mm_vision_select_layer

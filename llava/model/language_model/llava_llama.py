@@ -1,4 +1,5 @@
 """LLaVA on LLaMA / Vicuna (upstream names: LlavaConfig, LlavaLlamaModel, LlavaLlamaForCausalLM)."""
+import os
 from contextlib import contextmanager
 
 import torch
@@ -84,6 +85,23 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             **model_cache_kwargs(past_key_values),
             **kwargs,
         )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save (its progress bar only for over 1 GB of weights); a model converted from
+        llava-hf also gets its tower's config and image processor in save_directory/clip-vision-tower (its
+        weights are in the checkpoint), the original layout the loader and the training recipes read."""
+        from llava.utils import progress_bars
+
+        from ..hf_convert import TOWER_FOLDER
+
+        size = sum(p.numel() * p.element_size() for p in self.parameters())
+        with progress_bars(size > 2**30):
+            super().save_pretrained(save_directory, *args, **kwargs)
+        tower = self.get_vision_tower()
+        if getattr(self.config, "mm_vision_tower", None) == TOWER_FOLDER and tower is not None and tower.is_loaded:
+            folder = os.path.join(save_directory, TOWER_FOLDER)
+            tower.vision_tower.config.save_pretrained(folder)
+            tower.image_processor.save_pretrained(folder)
 
     @torch.no_grad()
     def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
