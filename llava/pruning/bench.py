@@ -11,7 +11,7 @@ import torch
 
 from llava.utils import entry_parser
 
-from .bench_select import REGIMES, agile_comparison, method_table, synthetic_tokens, timed
+from .bench_select import REGIMES, add_shape_args, agile_comparison, method_table, synthetic_tokens, timed
 
 
 def tower_time(device, repeats):
@@ -32,16 +32,9 @@ def tower_time(device, repeats):
 
 
 def build_parser():
-    parser = entry_parser("llava.pruning.bench", __doc__)
-    parser.add_argument("--n", type=int, default=576, help="visual tokens per image (N)")
-    parser.add_argument("--visual-token-num", "--k", dest="k", metavar="K", type=int, default=64,
-                        help="tokens kept per image (K)")
-    parser.add_argument("--dim", "--d", dest="dim", metavar="D", type=int, default=4096,
-                        help="feature width (D; LLaVA-1.5-7B: 4096)")
+    parser = add_shape_args(entry_parser("llava.pruning.bench", __doc__))
     parser.add_argument("--repeats", type=int, default=10,
                         help="timed runs per figure, after one warm-up (medians; the tower: a third, at least 3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda, cpu, mps, ...")
     parser.add_argument("--tower", default="clip-l", choices=["clip-l", "none"],
                         help="also time a random-weights CLIP ViT-L/14-336 forward (clip-l), or not (none)")
     return parser

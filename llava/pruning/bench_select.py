@@ -115,19 +115,24 @@ def agile_comparison(inputs, k, repeats, device):
     return lines
 
 
-def build_parser():
-    parser = entry_parser("llava.pruning.bench_select", __doc__)
+def add_shape_args(parser):
+    """The input shape and device flags both selection benches take (N, K, D, --device)."""
     parser.add_argument("--n", type=int, default=576, help="visual tokens per image (N)")
     parser.add_argument("--visual-token-num", "--k", dest="k", metavar="K", type=int, default=64,
                         help="tokens kept per image (K)")
     parser.add_argument("--dim", "--d", dest="dim", metavar="D", type=int, default=4096,
                         help="feature width (D; LLaVA-1.5-7B: 4096)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda, cpu, mps, ...")
+    return parser
+
+
+def build_parser():
+    parser = add_shape_args(entry_parser("llava.pruning.bench_select", __doc__))
     parser.add_argument("--batch-size", "--batch", dest="batch", metavar="B", type=int, default=1,
                         help="images per selection call (B)")
     parser.add_argument("--repeats", type=int, default=20,
                         help="timed runs per figure, after one warm-up (medians; the per-token loop: at most 5)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda, cpu, mps, ...")
     parser.add_argument("--regimes", default=",".join(REGIMES),
                         help="comma-separated subset of the input regimes: " + ", ".join(REGIMES))
     return parser
