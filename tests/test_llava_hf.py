@@ -160,3 +160,25 @@ def test_pruning_and_the_cli_on_a_llava_hf_checkpoint(hf_llava, tmp_path, capsys
                 "--pruning-method", "fastervlm", "--visual-token-num", "64"]) == 0
     err = capsys.readouterr().err
     assert "template vicuna_v1 [checkpoint]" in err and "pruning fastervlm K=64" in err
+
+
+@pytest.mark.parametrize("method", ["agile", "fastervlm", "divprune"])
+def test_in_place_transformers_pruning_matches_our_model(hf_llava, method):
+    """The same weights two ways: transformers' class with llava.hf_pruning.enable_pruning, and our converted
+    model with set_pruning: the same kept indices and the same logits at K=64 (batch of 2)."""
+    from llava.hf_pruning import enable_pruning, pruning_state
+    from llava.pruning import PruningConfig
+
+    cfg = PruningConfig(method=method, visual_token_num=64)
+    theirs = load_theirs(hf_llava, "LlavaForConditionalGeneration")
+    enable_pruning(theirs, cfg)
+    _, ours, _, _ = load_ours(hf_llava)
+    ours.set_pruning(PruningConfig(method=method, visual_token_num=64, pruning_stats=True))
+    pixels = torch.randn(2, 3, 336, 336, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a = theirs(input_ids=torch.tensor([PRE + [IMAGE_ID] * 576 + POST] * 2), pixel_values=pixels).logits
+        b = ours(input_ids=torch.tensor([PRE + [IMAGE_TOKEN_INDEX] + POST] * 2), images=pixels).logits
+    ours_kept = [r["kept_indices"] for r in ours.pruning_records]
+    assert pruning_state(theirs).last_indices.tolist() == ours_kept and len(ours_kept[0]) == 64
+    assert a.shape == b.shape == (2, len(PRE) + 64 + len(POST), 1064)
+    assert (a - b).abs().max().item() < 1e-4
