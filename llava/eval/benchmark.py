@@ -94,6 +94,7 @@ PRESETS = {
                  tower=dict(CLIP_L_336, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                             intermediate_size=128, projection_dim=32), anyres=False),
 }
+PRESETS["tiny-anyres"] = dict(PRESETS["tiny"], anyres=True)  # the LLaVA-1.6 path at tiny shapes (CPU checks)
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 TOWER_QK_GAIN = 4.0  # as the tiny checkpoints: a peaked CLS attention row gives attention-based methods a signal
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
