@@ -158,6 +158,9 @@ def resolve_pruning(args, model_path):
     given = flags_given(args)
     flag_values = {name: getattr(args, name) for name in given}
     saved = checkpoint_config(model_path).get("pruning") or {}
+    unknown = sorted(set(saved) - {f.name for f in fields(PruningConfig)})
+    if unknown:
+        raise SettingsError(f"{model_path}/config.json: unknown pruning settings {unknown}; pass --pruning-method")
     calibration = checkpoint_calibration(model_path)
     sources = {}
     if "method" in given:
