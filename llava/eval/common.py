@@ -246,7 +246,7 @@ def check_chunks(args):
 def run_record(args, conv_mode, pruning):
     """The settings an answer file's answers are made with (kept beside it; a resume must match them)."""
     record = {"model_path": args.model_path, "model_base": args.model_base, "vision_tower": args.vision_tower,
-              "conv_mode": conv_mode, "pruning": {k: v for k, v in pruning.to_dict().items()},
+              "conv_mode": conv_mode, "pruning": pruning.to_dict(),
               "temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     for name in ("top_p", "num_beams"):
         if hasattr(args, name):

@@ -230,12 +230,13 @@ def load_pretrained_model(
 
     model_path = resolve_checkpoint(model_path, "model_path")
     model_base = resolve_checkpoint(model_base, "model_base")
-    if is_llava_hf(read_config(model_path)):  # transformers' own layout (llava-hf): converted on load
+    checkpoint_config = read_config(model_path)
+    if is_llava_hf(checkpoint_config):  # transformers' own layout (llava-hf): converted on load
         if model_base is not None or vision_tower_override is not None:
             raise ValueError(f"{model_path} is a llava-hf checkpoint (tower and LLM inside): it takes no "
                              f"model_base or vision_tower")
         tokenizer = load_tokenizer(model_path)
-        model, image_processor = load_llava_hf(model_path, read_config(model_path), **kwargs)
+        model, image_processor = load_llava_hf(model_path, checkpoint_config, **kwargs)
         model.set_pruning(pruning)
         return tokenizer, model, image_processor, getattr(model.config, "max_position_embeddings", 2048)
     kind = detect_checkpoint_kind(model_path, model_name, model_base)

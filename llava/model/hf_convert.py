@@ -55,7 +55,7 @@ def llava_config(hf_config):
     if getattr(hf_config, "projector_hidden_act", "gelu") != "gelu":
         raise ValueError(f"projector_hidden_act {hf_config.projector_hidden_act!r}: only gelu is supported")
     next_ = hf_config.model_type == "llava_next"
-    values = dict(text.to_dict())
+    values = text.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         values.pop(key, None)
     values.update(
@@ -80,10 +80,7 @@ def image_processor_for(path, vision_config):
     tower's resolution."""
     import json
 
-    try:
-        from transformers import CLIPImageProcessorPil as cls
-    except ImportError:  # older transformers 5.x
-        from transformers import CLIPImageProcessor as cls
+    from llava.model.multimodal_encoder.clip_encoder import image_processor_class
 
     side = vision_config.image_size
     settings = {}
@@ -92,7 +89,8 @@ def image_processor_for(path, vision_config):
         with open(file) as f:
             saved = json.load(f)
         settings = {k: saved[k] for k in ("image_mean", "image_std", "rescale_factor") if k in saved}
-    return cls(size={"shortest_edge": side}, crop_size={"height": side, "width": side}, **settings)
+    return image_processor_class()(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                   **settings)
 
 
 def load_llava_hf(path, hf_config_dict, **kwargs):

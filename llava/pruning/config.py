@@ -114,16 +114,20 @@ def _record(namespace, dest):
     setattr(namespace, GIVEN, given)
 
 
-class _Store(argparse._StoreAction):
+class _Recorded:
+    """An argparse action that also records, in the namespace, that its flag was given."""
+
     def __call__(self, parser, namespace, values, option_string=None):
         super().__call__(parser, namespace, values, option_string)
         _record(namespace, self.dest)
 
 
-class _StoreTrue(argparse._StoreTrueAction):
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
-        _record(namespace, self.dest)
+class _Store(_Recorded, argparse._StoreAction):
+    pass
+
+
+class _StoreTrue(_Recorded, argparse._StoreTrueAction):
+    pass
 
 
 def flags_given(args):

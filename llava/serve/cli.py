@@ -86,7 +86,8 @@ def build_parser():
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda, cpu, mps, ...")
     parser.add_argument("--conv-mode", type=str, default=None,
-                        help="conversation template (default: inferred from the model name)")
+                        help="conversation template (default: the one the checkpoint was trained with, else "
+                             "inferred from the model name)")
     parser.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 answers greedily")
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=512,
                         help="longest answer, in tokens")

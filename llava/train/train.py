@@ -142,7 +142,8 @@ def parse_checked_args(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    sources = {k: "flag" for k, v in pruning.to_dict().items() if v != getattr(PruningConfig(), k)}
+    defaults = PruningConfig().to_dict()
+    sources = {k: "flag" for k, v in pruning.to_dict().items() if v != defaults[k]}
     rank0_print(describe(model_args.model_name_or_path, model_args.version, "--version", Pruning(pruning, sources),
                          output=training_args.output_dir))
     return model_args, data_args, training_args, pruning

@@ -46,13 +46,18 @@ def resolve_vision_tower(name, given_by=None):
     )
 
 
-def load_image_processor(path):
-    """The PIL/numpy CLIP image processor (upstream's numeric pipeline), never the torchvision one."""
+def image_processor_class():
+    """The PIL/numpy CLIP image processor class (upstream's numeric pipeline), never the torchvision one."""
     try:
         from transformers import CLIPImageProcessorPil as processor_cls
     except ImportError:  # older transformers 5.x: CLIPImageProcessor is the PIL/numpy processor
         from transformers import CLIPImageProcessor as processor_cls
-    return processor_cls.from_pretrained(path)
+    return processor_cls
+
+
+def load_image_processor(path):
+    """The PIL/numpy CLIP image processor saved in `path`."""
+    return image_processor_class().from_pretrained(path)
 
 
 def cls_attention_row(attn, queries, keys):
