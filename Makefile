@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_QUIET ?= -q
 
-.PHONY: demo test test-fast test-latest test-oldest venv clean
+.PHONY: demo demo-web browser test test-fast test-latest test-oldest venv clean
 
 venv: $(STAMP)
 
@@ -31,7 +31,21 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: $(STAMP)
 	$(PY) -m llava.demo
 
-test: $(STAMP)
+# The serving stack on localhost: controller, an unpruned and an agile@64 testbed worker, the web UI on
+# http://localhost:7860 (Ctrl-C stops them all). DEMO_WEB_ARGS, e.g. "--port 8000 --token-delay 0.1".
+demo-web: $(STAMP)
+	$(PY) -m llava.serve.demo_web $(DEMO_WEB_ARGS)
+
+# Debian's chromium and chromedriver for the browser test of the web UI (tests/test_serve.py); nothing
+# to do when both are there. Needs root (or sudo) and apt.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  $$SUDO apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -39,7 +53,7 @@ test-fast: $(STAMP)
 
 # The newest releases the ranges allow, in a fresh .venv-latest; the lock is rewritten only if the suite
 # passes there (then commit requirements/lock.txt). Run it monthly and when a dependency releases.
-test-latest:
+test-latest: browser
 	mkdir -p $(dir $(LOCK))
 	rm -rf .venv-latest
 	$(call install,.venv-latest,)
@@ -52,7 +66,7 @@ test-latest:
 	@echo "requirements/lock.txt refreshed; review 'git diff $(LOCK)' and commit it"
 
 # The oldest transformers the ranges allow (5.17.0), everything else as locked there.
-test-oldest:
+test-oldest: browser
 	$(call install,.venv-oldest,$(abspath $(OLDEST)))
 	.venv-oldest/bin/python -m pytest -q
 

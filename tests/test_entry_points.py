@@ -6,8 +6,15 @@ import importlib
 import pytest
 
 ENTRY_POINTS = [
-    # chat and the demo
+    # chat, serving and the demo
     "llava.serve.cli",
+    "llava.serve.controller",
+    "llava.serve.model_worker",
+    "llava.serve.gradio_web_server",
+    "llava.serve.test_message",
+    "llava.serve.register_worker",
+    "llava.serve.load_test",
+    "llava.serve.demo_web",
     "llava.demo",
     # scorers and converters
     "llava.eval.chair",
