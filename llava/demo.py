@@ -45,6 +45,14 @@ def build_parser():
     return parser
 
 
+def config_for(method, k, erank_avg):
+    """The PruningConfig of `method` at K, with the checkpoint's calibrated erank_avg where the method takes one."""
+    from llava.pruning import METHODS, PruningConfig
+
+    extra = {"erank_avg": erank_avg} if "erank_avg" in METHODS[method].option_names else {}
+    return PruningConfig(method=method, visual_token_num=k, **extra).validate()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
 
@@ -52,8 +60,8 @@ def main(argv=None):
     from llava.pruning import PruningConfig
     from llava.pruning.metrics import attention_entropy, effective_rank
     from llava.pruning.select import select_visual_tokens
-    from llava.pruning.tools import model_view, pruning_inputs
-    from llava.pruning.visualize import contact_sheet, render_panel
+    from llava.tools.common import model_view, pruning_inputs
+    from llava.tools.visualize import contact_sheet, render_panel
     from llava.testbed import calibrated_erank_avg
     from llava.testbed.score import normalise
     from llava.testbed.world import render, sample_scene
@@ -63,7 +71,7 @@ def main(argv=None):
     tokenizer, model, processor, _ = load_pretrained_model(args.model_path, None, "llava-testbed", device="cpu")
     print(f"checkpoint : {args.model_path} (trained on the shapes world; loaded in {time.perf_counter() - t0:.1f}s)")
     erank_avg = calibrated_erank_avg(args.model_path)
-    pruned = PruningConfig(method=args.pruning_method, visual_token_num=args.visual_token_num, erank_avg=erank_avg)
+    pruned = config_for(args.pruning_method, args.visual_token_num, erank_avg)
 
     rng = random.Random(2026)
     shown = {}
@@ -93,8 +101,7 @@ def main(argv=None):
     print(f"\naccuracy on {len(items)} questions ({args.table_scenes} pictures per regime), K={args.visual_token_num}:")
     print(f"  {'method':<10} {'simple':>7} {'complex':>8}")
     for method in TABLE_METHODS:
-        cfg = None if method == "none" else PruningConfig(method=method, visual_token_num=args.visual_token_num,
-                                                          erank_avg=erank_avg)
+        cfg = None if method == "none" else config_for(method, args.visual_token_num, erank_avg)
         right = {"simple": [], "complex": []}
         for regime, image, q, a in items:
             right[regime].append(normalise(answer(model, tokenizer, processor, image, q, cfg)) == normalise(a))
@@ -109,7 +116,8 @@ def main(argv=None):
     erank, entropy = effective_rank(features[0]).item(), attention_entropy(attention[0]).item()
     panels = []
     for method in TABLE_METHODS[1:]:
-        idx = select_visual_tokens(method, features[:1], attention[:1], args.visual_token_num, **pruned.options())[0]
+        options = config_for(method, args.visual_token_num, erank_avg).options()
+        idx = select_visual_tokens(method, features[:1], attention[:1], args.visual_token_num, **options)[0]
         panels.append(render_panel(view, idx.tolist(), grid, f"{method}  K={idx.numel()}\nerank {erank:.1f}  H={entropy:.2f}"))
     out = os.path.join(args.out, "kept_tokens.png")
     contact_sheet(panels).save(out)

@@ -81,13 +81,19 @@ def _check_config(config):
         raise TypeError(f"config must be a llava.pruning.PruningConfig, got {type(config).__name__}")
     config.validate()
     spec = METHODS[config.method]
-    if spec.in_llm:
-        raise ValueError(f"pruning method {config.method!r} prunes inside the language model (at --fastv-layer); "
+    if spec.stage == "decoder":
+        raise ValueError(f"pruning method {config.method!r} prunes inside the language model; "
                          "enable_pruning only selects visual tokens before the LLM: choose a selection method "
                          "such as agile, fastervlm or divprune")
-    if spec.merges:
-        raise ValueError(f"pruning method {config.method!r} merges tokens into new ones; enable_pruning only "
-                         "supports index-selection methods (agile, fastervlm, divprune, ...)")
+    if spec.stage == "pre-projector":
+        raise ValueError(f"pruning method {config.method!r} builds new tokens before the projector; enable_pruning "
+                         "only supports index-selection methods (agile, fastervlm, divprune, ...)")
+    needed = set(spec.inputs) - ({"states"} if config.options().get("vispruner_similarity") == "projected" else set())
+    if needed:
+        hint = " (or vispruner_similarity='projected')" if config.method == "vispruner" else ""
+        raise ValueError(f"pruning method {config.method!r} reads {', '.join(sorted(needed))} from the vision tower, "
+                         f"which enable_pruning does not provide; choose a method that reads the features and the "
+                         f"CLS attention only{hint}")
     return spec
 
 
@@ -277,7 +283,7 @@ def enable_pruning(model, config):
     _check_model(model)
     spec = _check_config(config)
     disable_pruning(model)
-    if spec.keeps_all:
+    if spec.stage == "none":
         return model
     if spec.needs_attention:  # fail now, not at the first forward
         _attention_layer(model, model.config.vision_feature_layer, model.config.vision_feature_select_strategy)

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
-from llava.pruning import PruningConfig
+from llava.pruning import METHODS, OPTIONS, PruningConfig
 from llava.pruning.config import flags_given
 
 CALIBRATION_FILE = "erank_calibration.json"
@@ -139,7 +139,7 @@ class Pruning:
         if not cfg.is_active:
             text = "none"
         else:
-            text = f"{cfg.method} K={cfg.visual_token_num}"
+            text = cfg.method if cfg.visual_token_num is None else f"{cfg.method} K={cfg.visual_token_num}"
             defaults = PruningConfig()
             for f in fields(cfg):
                 if f.name in ("method", "visual_token_num", "pruning_stats"):
@@ -172,21 +172,23 @@ def resolve_pruning(args, model_path):
         values = {}
     values.update(flag_values)
     sources.update({k: "flag" for k in flag_values})
-    if "erank_avg" not in given and calibration is not None:
+    method = values.get("method", "none")
+    if "erank_avg" not in given and calibration is not None and method in METHODS \
+            and "erank_avg" in METHODS[method].option_names:
         values["erank_avg"], sources["erank_avg"] = calibration, "calibration"
     config = PruningConfig(**values)
     if not config.is_active and "method" not in given:  # (--pruning-method none says it: unpruned, options unused)
         unused = sorted(k for k in given if k != "pruning_stats")
         if unused:
-            flags = ", ".join("--" + {"seed": "pruning-seed"}.get(k, k.replace("_", "-")) for k in unused)
+            flags = ", ".join(OPTIONS[k].flag_name if k in OPTIONS else "--" + k.replace("_", "-") for k in unused)
             raise SettingsError(f"{flags} given without a pruning method: pass --pruning-method (it would "
                                 f"otherwise be ignored)")
     try:
         config.validate()
     except ValueError as e:
         raise SettingsError(str(e)) from None
-    if config.is_active and config.method == "visionzip" and config.budget_scope != "per-view":
-        raise SettingsError("--pruning-method visionzip supports --budget-scope per-view only")
+    if config.stage == "pre-projector" and config.budget_scope != "per-view":
+        raise SettingsError(f"--pruning-method {config.method} supports --budget-scope per-view only")
     return Pruning(config, sources)
 
 
@@ -205,7 +207,7 @@ def note_nothing_pruned(model, config, out=None):
     """One line on stderr when K is at least the visual tokens of a view: a method that prunes nothing."""
     import sys
 
-    if not config.is_active:
+    if not config.is_active or config.visual_token_num is None:
         return
     available = model.get_vision_tower().num_patches
     if config.visual_token_num >= available:

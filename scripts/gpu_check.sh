@@ -38,17 +38,17 @@ print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 
 cat "$OUT/env.txt" >&2
 
 step "LLaVA-1.5 ($V15, $DTYPE): every method x K = 64, 128, 192 and unpruned"
-"$PY" -m llava.eval.benchmark --random-weights "$V15" --dtype "$DTYPE" --device "$DEVICE" --methods "$METHODS" \
+"$PY" -m llava.tools.benchmark --random-weights "$V15" --dtype "$DTYPE" --device "$DEVICE" --methods "$METHODS" \
     --visual-token-num 64,128,192 --repeats "$REPEATS" --warmup 1 --prompt-tokens 64 --new-tokens 16 \
     "${THREADS[@]}" --out "$OUT/llava15.json" --markdown "$OUT/llava15.md"
 
 step "LLaVA-1.6 ($V16, $DTYPE): every method at K = 64 per view"
-"$PY" -m llava.eval.benchmark --random-weights "$V16" --dtype "$DTYPE" --device "$DEVICE" --methods "$METHODS" \
+"$PY" -m llava.tools.benchmark --random-weights "$V16" --dtype "$DTYPE" --device "$DEVICE" --methods "$METHODS" \
     --visual-token-num 64 --repeats "$REPEATS" --warmup 1 --prompt-tokens 64 --new-tokens 16 --no-agile-loop \
     "${THREADS[@]}" --out "$OUT/llava16.json" --markdown "$OUT/llava16.md"
 
 step "selection time per method and agile against the per-token loop (N=576, D=4096, K=64)"
-"$PY" -m llava.pruning.bench_select --device "$DEVICE" --visual-token-num 64 --dim 4096 \
+"$PY" -m llava.tools.bench_select --device "$DEVICE" --visual-token-num 64 --dim 4096 \
     --repeats "$((REPEATS * 4))" > "$OUT/selection.md"
 
 step "done: $(ls "$OUT" | tr '\n' ' ')"

@@ -1,9 +1,9 @@
-"""python -m llava.eval.benchmark on the tiny random-weights model (CPU, one repeat)."""
+"""python -m llava.tools.benchmark on the tiny random-weights model (CPU, one repeat)."""
 import json
 
 import pytest
 
-from llava.eval import benchmark
+from llava.tools import benchmark
 
 # tiny preset: LLaMA d=64, d_ff=128, 3 layers, 4 heads (head_dim 16, no GQA); CLIP 336/14 -> 576 patches
 D, D_FF, LAYERS, KV_HEADS, HEAD_DIM, FLOAT32 = 64, 128, 3, 4, 16, 4

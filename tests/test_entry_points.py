@@ -39,11 +39,11 @@ ENTRY_POINTS = [
     "llava.eval.model_vqa_mmbench",
     "llava.eval.model_caption",
     # benchmarks and pruning tools
-    "llava.eval.benchmark",
-    "llava.pruning.bench",
-    "llava.pruning.bench_select",
-    "llava.pruning.calibrate",
-    "llava.pruning.visualize",
+    "llava.tools.benchmark",
+    "llava.tools.bench",
+    "llava.tools.bench_select",
+    "llava.tools.calibrate",
+    "llava.tools.visualize",
     # testbed
     "llava.testbed.base",
     "llava.testbed.generate",
@@ -111,13 +111,13 @@ def test_hyphenated_spelling_comes_first(module):
 
 
 @pytest.mark.parametrize("module, new, old", [
-    ("llava.pruning.bench", ["--visual-token-num", "16", "--dim", "32"], ["--k", "16", "--d", "32"]),
-    ("llava.pruning.bench_select", ["--visual-token-num", "16", "--dim", "32", "--batch-size", "2"],
+    ("llava.tools.bench", ["--visual-token-num", "16", "--dim", "32"], ["--k", "16", "--d", "32"]),
+    ("llava.tools.bench_select", ["--visual-token-num", "16", "--dim", "32", "--batch-size", "2"],
      ["--k", "16", "--d", "32", "--batch", "2"]),
     ("llava.testbed.score", ["vqa", "--result-file", "a.jsonl", "--pruning-method", "agile", "--visual-token-num", "64"],
      ["vqa", "--result-file", "a.jsonl", "--method", "agile", "--k", "64"]),
     ("llava.eval.eval_mme", ["--results-dir", "r"], ["--results_dir", "r"]),
-    ("llava.pruning.visualize", ["--model-path", "m", "--image-file", "i", "--methods", "agile,divprune"],
+    ("llava.tools.visualize", ["--model-path", "m", "--image-file", "i", "--methods", "agile,divprune"],
      ["--model-path", "m", "--image-file", "i", "--pruning-method", "agile,divprune"]),
 ])
 def test_old_spellings_still_parse(module, new, old):
@@ -126,10 +126,10 @@ def test_old_spellings_still_parse(module, new, old):
 
 
 @pytest.mark.parametrize("module, canonical, alias", [
-    ("llava.pruning.bench", "--visual-token-num", "--k"),
-    ("llava.pruning.bench", "--dim", "--d"),
-    ("llava.pruning.bench_select", "--visual-token-num", "--k"),
-    ("llava.pruning.bench_select", "--dim", "--d"),
+    ("llava.tools.bench", "--visual-token-num", "--k"),
+    ("llava.tools.bench", "--dim", "--d"),
+    ("llava.tools.bench_select", "--visual-token-num", "--k"),
+    ("llava.tools.bench_select", "--dim", "--d"),
     ("llava.testbed.score", "--pruning-method", "--method"),
     ("llava.testbed.score", "--visual-token-num", "--k"),
 ])
@@ -140,7 +140,7 @@ def test_canonical_spelling_is_listed_first(module, canonical, alias):
 
 def test_progress_stays_off_stderr_when_it_is_not_a_terminal(capsys):
     """tqdm with disable=None: no bar when stderr is not a TTY (here: captured), so logs stay clean."""
-    from llava.pruning import bench_select
+    from llava.tools import bench_select
 
     bench_select.main(["--n", "48", "--visual-token-num", "8", "--dim", "16", "--repeats", "1", "--device", "cpu",
                        "--regimes", "noise"])

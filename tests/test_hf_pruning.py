@@ -253,7 +253,7 @@ def test_disable_restores_bit_identical_logits(model):
 
 
 # ---- (6) refused methods, K >= N, "none" --------------------------------------------------------------------
-@pytest.mark.parametrize("method, words", [("fastv", "inside the language model"), ("visionzip", "merges")])
+@pytest.mark.parametrize("method, words", [("fastv", "inside the language model"), ("visionzip", "builds new tokens")])
 def test_in_llm_and_merging_methods_are_refused(model, method, words):
     with pytest.raises(ValueError, match=words):
         enable_pruning(model, PruningConfig(method=method, visual_token_num=K))

@@ -214,11 +214,11 @@ def test_training_help_lists_the_pruning_flags():
 # 8. visualize: every method it can show, a clear word for those it cannot, K required
 @pytest.mark.parametrize("flags, message", [
     (["--methods", "agile,fastv", "--visual-token-num", "8"], "fastv prunes inside the LLM"),
-    (["--methods", "visionzip", "--visual-token-num", "8"], "visionzip merges tokens"),
+    (["--methods", "visionzip", "--visual-token-num", "8"], "visionzip builds new tokens"),
     (["--methods", "agile"], "--visual-token-num is required"),
 ])
 def test_visualize_says_what_it_cannot_show(flags, message, picture, capsys):
-    from llava.pruning import visualize
+    from llava.tools import visualize
 
     with pytest.raises(SystemExit) as exit_:
         visualize.main(["--model-path", TESTBED, "--image-file", str(picture / "red.png"), "--device", "cpu", *flags])
@@ -226,7 +226,7 @@ def test_visualize_says_what_it_cannot_show(flags, message, picture, capsys):
 
 
 def test_visualize_pruning_method_flag_is_used(picture, tmp_path, capsys):
-    from llava.pruning import visualize
+    from llava.tools import visualize
 
     visualize.main(["--model-path", TESTBED, "--image-file", str(picture / "red.png"), "--device", "cpu",
                     "--pruning-method", "fps", "--visual-token-num", "8", "--out", str(tmp_path / "p.png")])

@@ -54,7 +54,7 @@ def test_exactly_k_embeddings_reach_the_llm_and_they_are_the_selected_ones(v15, 
     # the same indices the pure function picks from the tower's features and CLS attention row
     feats, attn = model.get_vision_tower()(pixels, output_attentions=True)
     projected = model.get_model().mm_projector(feats)
-    idx = select_visual_tokens(method, projected, attn, 64)[0]
+    idx = select_visual_tokens(method, projected, attn, 64, **({"states": feats} if method == "vispruner" else {}))[0]
     pos = (ids[0] == -200).nonzero().item()
     torch.testing.assert_close(embeds[0, pos : pos + 64], projected[0, idx], rtol=0, atol=0)
     out = model.generate(ids, images=pixels, image_sizes=[image.size], do_sample=False, max_new_tokens=3,
@@ -148,16 +148,16 @@ def test_visionzip_feeds_exactly_k_merged_tokens(v15, v16):
     model.set_pruning(PruningConfig(method="visionzip", visual_token_num=64, pruning_stats=True))
     block = model.image_embeddings(pixels)[0]
     assert block.shape[0] == 64  # CLS counts toward K
-    hidden, attn, keys = model.get_vision_tower().forward_for_merging(pixels)
-    torch.testing.assert_close(block[0], model.get_model().mm_projector(hidden[0, 0]), rtol=1e-5, atol=1e-6)  # CLS
+    _, _, signals = model.get_vision_tower().encode(pixels, signals=("cls_state",))
+    torch.testing.assert_close(block[0], model.get_model().mm_projector(signals["cls_state"][0]), rtol=1e-5,
+                               atol=1e-6)  # CLS
     assert model.pruning_records[-1]["erank_kept"] >= 1
     _, model16, processor16 = v16
     wide = sample_image(500, 300)
     model16.set_pruning(PruningConfig(method="visionzip", visual_token_num=32))
     assert model16.image_embeddings(process_images([wide], processor16, model16.config), [wide.size])[0].shape[0] == 96
-    model16.set_pruning(PruningConfig(method="visionzip", visual_token_num=32, budget_scope="global"))
-    with pytest.raises(ValueError, match="per-view"):
-        model16.image_embeddings(process_images([wide], processor16, model16.config), [wide.size])
+    with pytest.raises(ValueError, match="per-view"):  # refused when it is switched on, before any image
+        model16.set_pruning(PruningConfig(method="visionzip", visual_token_num=32, budget_scope="global"))
 
 
 def test_fastv_keeps_the_top_k_of_the_last_tokens_attention(v15):
@@ -199,7 +199,7 @@ def test_fastv_bad_settings(v15):
     with pytest.raises(ValueError, match="fastv-layer"):
         model.set_pruning(PruningConfig(method="fastv", visual_token_num=8, fastv_layer=5))
     model.set_pruning(PruningConfig(method="fastv", visual_token_num=8, fastv_layer=1))
-    with pytest.raises(ValueError, match="fastv prunes at inference only"):
+    with pytest.raises(ValueError, match="prunes inside the LLM at inference only"):
         image = sample_image()
         ids = prompt_ids(tokenizer)
         model(input_ids=ids, labels=ids.clamp(min=0), images=process_images([image], processor, model.config),

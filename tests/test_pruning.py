@@ -7,12 +7,14 @@ import torch
 from llava.pruning import (METHODS, PrunedTokens, agile_from_geometry, agile_reference_from_geometry,
                            agile_reference_loop, agile_walk, attention_entropy, cosine_distance, effective_rank,
                            fastv_select, prune_visual_tokens, register, select_visual_tokens, token_geometry,
-                           visionzip_merge)
+                           visionzip_tokens)
 from llava.pruning.agile import agile_thresholds
-from llava.pruning.bench_select import synthetic_tokens
-from llava.pruning.methods import VISIONZIP_DOMINANT_SHARE, complexity_share
+from llava.pruning.synthetic import synthetic_tokens
+from llava.pruning.geometry import complexity_share
+from llava.pruning.methods import VISIONZIP_DOMINANT_SHARE
 
-SELECTORS = sorted(m for m, s in METHODS.items() if not (s.in_llm or s.merges or s.keeps_all))
+# post-projector methods that read the features and the CLS attention only (the others have their own tests)
+SELECTORS = sorted(m for m, s in METHODS.items() if s.stage == "post-projector" and not s.inputs)
 ALL_PRE_LLM = SELECTORS + ["visionzip"]
 N, D = 576, 64
 
@@ -21,17 +23,21 @@ def inputs(b=2, regime="complex", seed=0, n=N, d=D):
     return synthetic_tokens(regime, b, n, d, seed=seed)
 
 
-def test_the_registry_holds_every_method():
-    assert set(METHODS) == {"none", "random", "fastervlm", "divprune", "fps", "vispruner", "visionzip", "agile",
-                            "mix", "fastv"}
-    assert METHODS["fastv"].in_llm and METHODS["visionzip"].merges and METHODS["none"].keeps_all
-    assert [m for m in METHODS if METHODS[m].needs_attention] == \
-        [m for m in METHODS if m in ("fastervlm", "fps", "mix", "vispruner", "visionzip", "agile")]
+def test_the_registry_holds_every_method_with_its_stage():
+    assert {"none", "random", "fastervlm", "divprune", "fps", "vispruner", "visionzip", "agile", "mix",
+            "fastv"} <= set(METHODS)
+    stages = {m: METHODS[m].stage for m in ("none", "fastv", "visionzip", "agile", "vispruner")}
+    assert stages == {"none": "none", "fastv": "decoder", "visionzip": "pre-projector", "agile": "post-projector",
+                      "vispruner": "post-projector"}
+    assert {m for m in ("fastervlm", "fps", "mix", "vispruner", "visionzip", "agile", "divprune", "random")
+            if METHODS[m].needs_attention} == {"fastervlm", "fps", "mix", "vispruner", "visionzip", "agile"}
+    assert METHODS["agile"].option_names == ("erank_avg", "tau_max", "tau_step")
+    assert METHODS["fastervlm"].option_names == ()
 
 
 def test_a_method_is_one_registered_function():
     @register("test_every_other")
-    def every_other(features, attention, k, **options):
+    def every_other(features, attention, k):
         return torch.arange(0, 2 * k, 2).expand(features.shape[0], k)
 
     try:
@@ -153,11 +159,22 @@ def test_mix_is_top_attention_then_diversity_conditioned_on_it():
 
 def test_vispruner_keeps_floor_k_r_important_tokens_and_k_in_all():
     feats, attn = inputs(b=1, seed=6)
+    states = torch.randn(1, N, 32, generator=torch.Generator().manual_seed(1))
     for ratio in (0.0, 0.3, 0.75, 1.0):
-        idx = set(select_visual_tokens("vispruner", feats, attn, 64, important_ratio=ratio)[0].tolist())
+        idx = set(select_visual_tokens("vispruner", feats, attn, 64, important_ratio=ratio, states=states)[0].tolist())
         assert len(idx) == 64 and set(attn[0].topk(int(64 * ratio)).indices.tolist()) <= idx
-    assert select_visual_tokens("vispruner", feats, attn, 64, important_ratio=1.0).tolist() == \
+    assert select_visual_tokens("vispruner", feats, attn, 64, important_ratio=1.0, states=states).tolist() == \
         select_visual_tokens("fastervlm", feats, attn, 64).tolist()
+
+
+def test_vispruner_deduplicates_on_the_tower_states_by_default():
+    feats, attn = inputs(b=2, seed=6)
+    states = torch.randn(2, N, 32, generator=torch.Generator().manual_seed(1))
+    tower = select_visual_tokens("vispruner", feats, attn, 64, states=states)
+    # the tower variant is the projected variant run on the states (the erank, unused by the fixed rule, aside)
+    assert torch.equal(tower, select_visual_tokens("vispruner", states, attn, 64, vispruner_similarity="projected"))
+    assert not torch.equal(tower, select_visual_tokens("vispruner", feats, attn, 64, vispruner_similarity="projected"))
+    assert torch.equal(tower[1:], select_visual_tokens("vispruner", feats[1:], attn[1:], 64, states=states[1:]))
 
 
 def test_random_is_seeded_and_the_same_for_every_image():
@@ -380,7 +397,8 @@ def test_hybrid_rules_move_the_attention_share_with_erank(method, option):
     for rule in ("fixed", "adaptive", "inverse"):
         for name, feats, attn in (("simple", simple, s_attn), ("complex", complex_, c_attn)):
             # the same attention row for both images, so only the erank differs
-            idx = select_visual_tokens(method, feats, s_attn, k, complexity_rule=rule, **{option: 0.5})[0]
+            extra = {"vispruner_similarity": "projected"} if method == "vispruner" else {}
+            idx = select_visual_tokens(method, feats, s_attn, k, complexity_rule=rule, **{option: 0.5}, **extra)[0]
             counts[rule, name] = count_top_attention(idx, s_attn[0], k)
     assert counts["adaptive", "simple"] > counts["fixed", "simple"] > counts["inverse", "simple"]
     assert counts["adaptive", "complex"] < counts["fixed", "complex"] < counts["inverse", "complex"]
@@ -394,7 +412,8 @@ def test_visionzip_dominant_and_contextual_by_hand():
     hidden = torch.arange(9 * 2, dtype=torch.float32).view(1, 9, 2)
     keys = torch.tensor([[0, 0], [1, 0], [1, .1], [.9, 0], [1, .2], [0, 1], [.1, 1], [0, .9], [.2, 1]])[None].float()
     attention = torch.tensor([[.1, .9, .2, .3, .4, .5, .6, .8]])  # patch j+1 has attention[j]; top: patches 2, 8
-    out = visionzip_merge(hidden, attention, keys, k=5, dominant=3)  # CLS + 2 dominant, 2 contextual
+    out, _ = visionzip_tokens(hidden[:, 1:], attention, 5, cls_features=hidden[:, 0], keys=keys[:, 1:],
+                              dominant=3)  # CLS + 2 dominant, 2 contextual
     assert out.shape == (1, 5, 2)
     assert torch.equal(out[0, :3], hidden[0, [0, 2, 8]])  # CLS first, then dominant patches in raster order
     # the rest in raster order: 1,3,4,5,6,7 -> step 3 -> targets 1 and 5; 3,4 join 1; 6,7 join 5
@@ -407,7 +426,7 @@ def test_visionzip_cls_counts_toward_k(k):
     feats, attn = inputs()
     cls = torch.randn(2, D)
     n_dom = max(1, round(k * VISIONZIP_DOMINANT_SHARE))
-    with_cls = prune_visual_tokens("visionzip", feats, attn, k, cls_features=cls)
+    with_cls = prune_visual_tokens("visionzip", feats, attn, k, cls_state=cls)
     assert with_cls.features.shape == (2, k, D) and with_cls.indices.shape == (2, n_dom - 1)
     assert torch.equal(with_cls.features[:, 0], cls)
     top = attn.topk(n_dom - 1, dim=-1).indices.sort(dim=-1).values
@@ -419,12 +438,12 @@ def test_visionzip_cls_counts_toward_k(k):
     assert torch.equal(without.indices, attn.topk(n_dom, dim=-1).indices.sort(dim=-1).values)
 
 
-def test_visionzip_on_the_projected_features_equals_the_merge_on_the_tower_states():
+def test_visionzip_merges_by_the_keys_given():
     feats, attn = inputs(b=1)
     cls, keys = torch.randn(1, D), torch.randn(1, N, 16)
-    merged = visionzip_merge(torch.cat([cls[:, None], feats], 1), attn, torch.cat([torch.randn(1, 1, 16), keys], 1), 64)
-    assert torch.equal(prune_visual_tokens("visionzip", feats, attn, 64, cls_features=cls, merge_keys=keys).features,
-                       merged)
+    by_keys = prune_visual_tokens("visionzip", feats, attn, 64, cls_state=cls, keys=keys).features
+    assert torch.equal(by_keys, visionzip_tokens(feats, attn, 64, cls_features=cls, keys=keys)[0])
+    assert not torch.equal(by_keys, prune_visual_tokens("visionzip", feats, attn, 64, cls_state=cls).features)
 
 
 # ---- errors ---------------------------------------------------------------------------------------------
@@ -433,24 +452,27 @@ def test_visionzip_on_the_projected_features_equals_the_merge_on_the_tower_state
     (lambda f, a: select_visual_tokens("agile", f, a, -3), "positive integer"),
     (lambda f, a: select_visual_tokens("agile", f, a, 2.5), "positive integer"),
     (lambda f, a: select_visual_tokens("agile", f, a, None), "positive integer"),
-    (lambda f, a: select_visual_tokens("nope", f, a, 8), r"Unknown pruning method 'nope'; known: agile, divprune"),
+    (lambda f, a: select_visual_tokens("nope", f, a, 8), r"Unknown pruning method 'nope'; known: agile, "),
     (lambda f, a: select_visual_tokens("fastervlm", f, None, 8), "'fastervlm' needs the CLS attention row"),
     (lambda f, a: prune_visual_tokens("visionzip", f, None, 8), "'visionzip' needs the CLS attention row"),
     (lambda f, a: select_visual_tokens("agile", f, a[:, :10], 8), r"attention must be \[B, N\]"),
     (lambda f, a: select_visual_tokens("divprune", f, a[:1], 8), r"attention must be \[B, N\]"),
     (lambda f, a: select_visual_tokens("agile", f[0], a, 8), r"features must be a floating-point tensor \[B, N, D\]"),
     (lambda f, a: select_visual_tokens("agile", f.long(), a, 8), "features must be a floating-point"),
-    (lambda f, a: select_visual_tokens("agile", f, a, 8, tau=0.3), r"Unknown pruning option\(s\) \['tau'\]"),
-    (lambda f, a: select_visual_tokens("mix", f, a, 8, complexity_rule="odd"), "complexity_rule must be one of"),
-    (lambda f, a: select_visual_tokens("mix", f, a, 8, attention_share=1.5), "attention_share must be in"),
-    (lambda f, a: select_visual_tokens("agile", f, a, 8, tau_max=0), "tau_max must be > 0"),
-    (lambda f, a: select_visual_tokens("agile", f, a, 8, erank_avg=-1), "erank_avg must be > 0"),
-    (lambda f, a: select_visual_tokens("mix", f, a, 8, share_min=0.8, share_max=0.2), "share_min"),
+    (lambda f, a: select_visual_tokens("agile", f, a, 8, tau=0.3), r"'agile' takes no option tau; its options: "
+                                                                     r"erank_avg, tau_max, tau_step"),
+    (lambda f, a: select_visual_tokens("fastervlm", f, a, 8, tau_max=0.3), "'fastervlm' takes no option tau_max"),
+    (lambda f, a: select_visual_tokens("mix", f, a, 8, complexity_rule="odd"), "--complexity-rule must be one of"),
+    (lambda f, a: select_visual_tokens("mix", f, a, 8, attention_share=1.5), "--attention-share must be <= 1.0"),
+    (lambda f, a: select_visual_tokens("agile", f, a, 8, tau_max=0), "--tau-max must be > 0"),
+    (lambda f, a: select_visual_tokens("agile", f, a, 8, erank_avg=-1), "--erank-avg must be > 0"),
+    (lambda f, a: select_visual_tokens("mix", f, a, 8, share_min=0.8, share_max=0.2), "share-min"),
+    (lambda f, a: select_visual_tokens("vispruner", f, a, 8), "needs the tower's select-layer states"),
     (lambda f, a: select_visual_tokens("fastv", f, a, 8), "inside the language model"),
     (lambda f, a: prune_visual_tokens("fastv", f, a, 8), "inside the language model"),
-    (lambda f, a: select_visual_tokens("visionzip", f, a, 8), "merges tokens"),
-    (lambda f, a: prune_visual_tokens("agile", f, a, 8, cls_features=f[:, 0]), "merging methods only"),
-    (lambda f, a: prune_visual_tokens("visionzip", f, a, 8, cls_features=f[0]), r"cls_features must be \[B, D\]"),
+    (lambda f, a: select_visual_tokens("visionzip", f, a, 8), "builds new tokens before the projector"),
+    (lambda f, a: prune_visual_tokens("agile", f, a, 8, cls_state=f[:, 0]), "'agile' takes no option cls_state"),
+    (lambda f, a: prune_visual_tokens("visionzip", f, a, 8, cls_state=f[0]), r"cls_state must be \[B, D\]"),
 ])
 def test_bad_input_is_a_one_line_value_error(call, match):
     feats, attn = inputs()

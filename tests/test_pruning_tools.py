@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from llava.pruning import bench, bench_select, calibrate, visualize
+from llava.tools import bench, bench_select, calibrate, visualize
 
 
 @pytest.fixture(scope="module")

@@ -447,11 +447,7 @@ def answer_questions(items, args, model, tokenizer, processor, model_name, conv_
     an image are answered one at a time (as upstream's ScienceQA text-only questions)."""
     from tqdm import tqdm
 
-    from llava.pruning import METHODS
-
     pruning = model.pruning_config
-    if batch_size > 1 and pruning.is_active and METHODS[pruning.method].in_llm:
-        raise ValueError(f"--pruning-method {pruning.method} needs --batch-size 1 (it prunes unpadded prompts only)")
     todo = [it for it in items if it["key"] not in answers.done]
     if len(todo) < len(items):
         print(f"resuming {answers.path}: {len(items) - len(todo)} of {len(items)} already answered", file=sys.stderr)

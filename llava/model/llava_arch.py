@@ -1,27 +1,54 @@
 """The multimodal part of LLaVA: vision tower + projector + splicing image embeddings into the prompt.
 
-The data path for one image (see DESIGN.md) reads top to bottom in `LlavaMetaForCausalLM`:
+The data path for one image reads top to bottom in `LlavaMetaForCausalLM`, as public steps:
 
-    encode_images         pixels -> tower (up to the select layer, + CLS attention row) -> projector
-    select_visual_tokens  the one place where visual tokens are pruned (llava.pruning; identity when off)
-                          (token-merging methods, VisionZip, go through merge_visual_tokens instead,
-                          since they merge before the projector; FastV prunes in the decoder,
-                          llava/model/fastv.py)
-    merge_views           LLaVA-1.6 anyres: base view + tiles (+ unpadding and image_newline)
-    splice_embeddings     image blocks replace IMAGE_TOKEN_INDEX, labels IGNORE_INDEX, re-pad the batch
+    encode_visual          pixels -> tower (up to the select layer) -> VisualInputs: states, the CLS attention
+                           row and the extra signals the active method declares, projected features
+    prune_visual_features  the one place where visual tokens are cut before the LLM (llava.pruning): a
+                           post-projector method selects projected tokens, a pre-projector one builds tokens
+                           from the states and projects them; identity when off or when K >= N
+    reduce_visual          per image: the steps above per view, LLaVA-1.6 views merged (merge_views)
+    splice_embeddings      image blocks replace IMAGE_TOKEN_INDEX, labels IGNORE_INDEX, re-pad the batch
+    (in-decoder methods)   llava/model/decoder_pruning.py cuts inside the LLM, from the spans recorded here
 """
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
-from llava.pruning import MERGERS, PruningConfig, attention_entropy, effective_rank, prune_visual_tokens
-from llava.pruning.methods import METHODS
+from llava.pruning import PruningConfig, attention_entropy, effective_rank, prune_visual_tokens
+
+from .decoder_pruning import DecoderPruningState
 
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
+
+
+@dataclass
+class VisualInputs:
+    """What step 1 hands to the pruning step, for all views: states [V, N, C] the tower's select-layer features
+    (pre-projector), attention [V, N] the CLS->patch row or None, signals {name: tensor} the extra inputs the
+    active method declares (see CLIPVisionTower.encode), features [V, N, hidden] projected (None for a
+    pre-projector method that builds its own tokens)."""
+
+    states: torch.Tensor
+    attention: Optional[torch.Tensor]
+    signals: dict
+    features: Optional[torch.Tensor]
+
+    def rows(self, rows):
+        """The same inputs for views `rows` (a slice)."""
+        def cut(value):
+            if isinstance(value, tuple):
+                return tuple(cut(v) for v in value)
+            return value[rows] if isinstance(value, torch.Tensor) else value
+
+        return VisualInputs(cut(self.states), cut(self.attention), {k: cut(v) for k, v in self.signals.items()},
+                            cut(self.features))
 
 
 class LlavaMetaModel:
@@ -64,7 +91,7 @@ class LlavaMetaForCausalLM:
     def get_vision_tower(self):
         return self.get_model().get_vision_tower()
 
-    # ---- step 1: pixels -> projected features (+ CLS attention row) --------------------------------
+    # ---- step 1: pixels -> what the active pruning method reads ------------------------------------
     def encode_images(self, images, output_attentions=False):
         """images [B, 3, H, W] -> [B, N, hidden] (and the CLS->patch attention [B, N], float32)."""
         out = self.get_vision_tower()(images, output_attentions=output_attentions)
@@ -72,21 +99,43 @@ class LlavaMetaForCausalLM:
         features = self.get_model().mm_projector(features)
         return (features, attention) if output_attentions else features
 
-    # ---- step 2: pruning -----------------------------------------------------------------------------
+    def encode_visual(self, views):
+        """Pixels of all views [V, 3, H, W] -> VisualInputs: the tower's select-layer states, the CLS attention
+        row when the method (or --pruning-stats) reads it, the extra signals the method declares, and the
+        projected features (not for a pre-projector method, which builds its tokens before the projector)."""
+        cfg = self.pruning_config
+        spec = cfg.spec
+        want_attention = spec.needs_attention or cfg.pruning_stats
+        states, attention, signals = self.get_vision_tower().encode(views, attention=want_attention,
+                                                                  signals=spec.inputs if cfg.is_active else ())
+        pre = cfg.stage == "pre-projector" and cfg.visual_token_num is not None \
+            and cfg.visual_token_num >= states.shape[1]
+        features = None if cfg.stage == "pre-projector" and not pre else self.get_model().mm_projector(states)
+        return VisualInputs(states, attention, signals, features)
+
+    # ---- step 2: pruning before the LLM --------------------------------------------------------------
     def set_pruning(self, cfg=None):
         """Switch visual-token pruning at run time (a PruningConfig, its dict form, or None for off)."""
         if isinstance(cfg, dict):
             cfg = PruningConfig.from_dict(cfg)
         cfg = (cfg or PruningConfig()).validate()
-        if cfg.is_active and METHODS[cfg.method].in_llm:
+        if cfg.stage == "decoder":
             n_layers = self.config.num_hidden_layers
-            if not 1 <= cfg.fastv_layer < n_layers:
-                raise ValueError(f"--fastv-layer must be in [1, {n_layers - 1}] for this model, got {cfg.fastv_layer}")
-            if self.config._attn_implementation not in ("sdpa", "flash_attention_2"):
-                raise ValueError(f"--pruning-method {cfg.method} needs SDPA or flash attention, "
+            for option in cfg.spec.options:
+                if option.decoder_layer:
+                    value = getattr(cfg, option.name)
+                    low, high = (0, n_layers - 2) if option.decoder_layer == "output" else (1, n_layers - 1)
+                    for layer in ((value,) if isinstance(value, int) else value or ()):
+                        if not low <= layer <= high:
+                            raise ValueError(f"{option.flag_name} must be in [{low}, {high}] for this model "
+                                             f"({n_layers} decoder layers), got {layer}")
+            if self.config._attn_implementation not in ("sdpa", "eager"):
+                raise ValueError(f"--pruning-method {cfg.method} needs SDPA or eager attention, "
                                  f"not {self.config._attn_implementation!r}")
+        if cfg.stage == "pre-projector" and cfg.budget_scope != "per-view":
+            raise ValueError(f"--pruning-method {cfg.method} supports --budget-scope per-view only")
         self.pruning = cfg
-        self._image_span = None
+        self._decoder_pruning = None
         self.pruning_records = []  # per-image statistics when cfg.pruning_stats
         return self
 
@@ -94,53 +143,44 @@ class LlavaMetaForCausalLM:
     def pruning_config(self):
         return getattr(self, "pruning", None) or PruningConfig()
 
-    def _needs_attention(self):
+    def prune_visual_features(self, visual, rows):
+        """Views `rows` of `visual` (one image's views, or a batch of single-view images) -> ([V, K, hidden],
+        kept indices [V, K'] or None when nothing was pruned). The one place where visual tokens are cut before
+        the LLM: post-projector methods select among the projected features, pre-projector methods build
+        their tokens from the tower's states and project them. Without a method acting here (none, or an
+        in-decoder one), or when K >= N, the features pass through untouched, so outputs are bit-identical
+        to the unpruned model."""
         cfg = self.pruning_config
-        return (cfg.needs_attention and not METHODS[cfg.method].merges) or cfg.pruning_stats
-
-    def _prunes_visual_tokens(self):
-        """A method that selects among the projected visual tokens is on."""
-        cfg = self.pruning_config
-        return cfg.is_active and not METHODS[cfg.method].in_llm and not METHODS[cfg.method].merges
-
-    def _merges_visual_tokens(self):
-        """A token-merging method is on and has fewer tokens to produce than the tower gives."""
-        cfg = self.pruning_config
-        return cfg.is_active and METHODS[cfg.method].merges and cfg.visual_token_num < self.get_vision_tower().num_patches
-
-    def merge_visual_tokens(self, views):
-        """Token-merging methods (VisionZip): pixels [V, 3, H, W] -> [V, K, hidden]. They merge the
-        tower's select-layer states before the projector, so they are called here instead of
-        `select_visual_tokens`; K counts VisionZip's CLS token."""
-        cfg = self.pruning_config
-        projector = self.get_model().mm_projector
-        hidden, attention, keys = self.get_vision_tower().forward_for_merging(views)
-        start = time.perf_counter()
-        merged = projector(MERGERS[cfg.method](hidden, attention, keys, cfg.visual_token_num))
-        if cfg.pruning_stats:
-            with torch.no_grad():
-                self._record_stats(projector(hidden[:, 1:]), attention, merged, None, start)
-        return merged
-
-    def select_visual_tokens(self, features, attention):
-        """features [V, N, hidden] (the views of one image, or a batch of single-view images), attention
-        [V, N] or None -> ([V, K, hidden], kept indices [V, K] or None when nothing was pruned).
-
-        The single place where visual-token pruning happens: it calls llava.pruning. Without a pruning
-        method (or with fastv, which prunes inside the decoder), or when K >= N, the features pass
-        through untouched, so outputs are bit-identical to the unpruned model.
-        """
-        cfg = self.pruning_config
-        if not self._prunes_visual_tokens():
-            if cfg.pruning_stats and not cfg.is_active:  # unpruned: the statistics of all the tokens
-                every = torch.arange(features.shape[1], device=features.device).expand(features.shape[0], -1)
-                self._record_stats(features, attention, features, every, time.perf_counter())
+        part = visual.rows(rows)
+        n = part.states.shape[1]
+        acts = cfg.stage in ("pre-projector", "post-projector") and (cfg.visual_token_num is None
+                                                                    or cfg.visual_token_num < n)
+        if not acts:
+            features = part.features if part.features is not None else self.get_model().mm_projector(part.states)
+            if cfg.pruning_stats and cfg.stage in ("none", "decoder") and not cfg.is_active:
+                every = torch.arange(n, device=features.device).expand(features.shape[0], -1)
+                self._record_stats(features, part.attention, features, every, time.perf_counter())
             return features, None
         start = time.perf_counter()
-        kept, idx = prune_visual_tokens(cfg.method, features, attention, cfg.visual_token_num, **cfg.options())
+        if cfg.stage == "pre-projector":
+            tokens, idx = prune_visual_tokens(cfg.method, part.states, part.attention, cfg.visual_token_num,
+                                              **part.signals, **cfg.options())
+            projector = self.get_model().mm_projector
+            kept = [projector(t) for t in tokens] if isinstance(tokens, list) else projector(tokens)
+            if cfg.pruning_stats:
+                with torch.no_grad():
+                    self._record_stats(projector(part.states), part.attention, kept, idx, start)
+            return kept, idx
+        kept, idx = prune_visual_tokens(cfg.method, part.features, part.attention, cfg.visual_token_num,
+                                        **part.signals, **cfg.options())
         if cfg.pruning_stats:
-            self._record_stats(features, attention, kept, idx, start)
-        return (features, None) if idx.shape[1] == features.shape[1] else (kept, idx)
+            self._record_stats(part.features, part.attention, kept, idx, start)
+        return (part.features, None) if idx.shape[1] == part.features.shape[1] else (kept, idx)
+
+    def select_visual_tokens(self, features, attention):
+        """Projected features [V, N, hidden] and attention [V, N] -> (kept [V, K, hidden], indices or None), for
+        a post-projector method that reads nothing else (kept for callers of the earlier API)."""
+        return self.prune_visual_features(VisualInputs(features, attention, {}, features), slice(None))
 
     @torch.no_grad()
     def _record_stats(self, features, attention, kept, idx, start):
@@ -150,9 +190,10 @@ class LlavaMetaForCausalLM:
             torch.cuda.synchronize(features.device)
         elapsed = (time.perf_counter() - start) / features.shape[0]
         for i in range(features.shape[0]):
+            kept_i = kept[i]
             self.pruning_records.append({
                 "erank_all": float(effective_rank(features[i])),
-                "erank_kept": float(effective_rank(kept[i])),
+                "erank_kept": float(effective_rank(kept_i)) if kept_i.shape[0] > 1 else None,
                 "attention_entropy": None if attention is None else float(attention_entropy(attention[i])),
                 "kept_indices": None if idx is None else idx[i].tolist(),
                 "pruning_time_s": elapsed,
@@ -211,42 +252,55 @@ class LlavaMetaForCausalLM:
         order = (row * grid_w * side + col).flatten().argsort()
         return torch.cat((kept[0], kept[1:].flatten(0, 1)[order]), dim=0)
 
-    def image_blocks_anyres(self, features, attention, image_size):
-        """One image's views [V, N, hidden] -> its visual embeddings [T, hidden], pruned per the scope."""
-        if not self._prunes_visual_tokens():
-            self.select_visual_tokens(features, attention)  # (statistics per view, when asked for)
+    def image_blocks_anyres(self, visual, rows, image_size):
+        """One image's views (rows of `visual`) -> its visual embeddings [T, hidden], pruned per the scope."""
+        cfg = self.pruning_config
+        part = visual.rows(rows)
+        if cfg.stage not in ("pre-projector", "post-projector") or (
+                cfg.visual_token_num is not None and cfg.visual_token_num >= part.states.shape[1]):
+            features, _ = self.prune_visual_features(visual, rows)  # (statistics per view, when asked for)
             return self.merge_views(features, image_size)
-        if self.pruning_config.budget_scope == "global":  # K over the merged sequence (newlines included)
-            merged = self.merge_views(features, image_size)
+        if cfg.budget_scope == "global":  # K over the merged sequence (newlines included)
+            merged = self.merge_views(part.features, image_size)
             merged_attn = None
-            if attention is not None:
-                merged_attn = self.merge_views(attention[..., None], image_size, attention.new_zeros(1))[None, :, 0]
-            return self.select_visual_tokens(merged[None], merged_attn)[0][0]
-        kept, idx = self.select_visual_tokens(features, attention)
-        return self.merge_views(features, image_size) if idx is None else self.stitch_kept_views(kept, idx, image_size)
+            if part.attention is not None:
+                merged_attn = self.merge_views(part.attention[..., None], image_size,
+                                               part.attention.new_zeros(1))[None, :, 0]
+            signals = {}
+            for name, value in part.signals.items():
+                if name not in ("states", "keys"):
+                    raise ValueError(f"--pruning-method {cfg.method} reads {name}, which has no merged form: use "
+                                     f"--budget-scope per-view")
+                signals[name] = self.merge_views(value, image_size, value.new_zeros(value.shape[-1]))[None]
+            whole = VisualInputs(merged[None], merged_attn, signals, merged[None])
+            return self.prune_visual_features(whole, slice(None))[0][0]
+        kept, idx = self.prune_visual_features(visual, rows)
+        if isinstance(kept, list):  # a method that decides its own count per view: base view first, then tiles
+            return torch.cat(kept, dim=0)
+        if cfg.stage == "pre-projector":  # K built tokens per view, base view first
+            return kept.flatten(0, 1)
+        return self.merge_views(kept, image_size) if idx is None else self.stitch_kept_views(kept, idx, image_size)
+
+    def reduce_visual(self, visual, counts, image_sizes=None, anyres=False):
+        """VisualInputs of all views + views per image -> one [T_i, hidden] block per image (pruned before the
+        LLM as configured; LLaVA-1.6 views merged)."""
+        if anyres:
+            sizes = image_sizes if image_sizes is not None else [None] * len(counts)
+            bounds = [0]
+            for c in counts:
+                bounds.append(bounds[-1] + c)
+            return [self.image_blocks_anyres(visual, slice(bounds[i], bounds[i + 1]), sizes[i])
+                    for i in range(len(counts))]
+        kept, _ = self.prune_visual_features(visual, slice(None))
+        return list(kept)
 
     def image_embeddings(self, images, image_sizes=None):
-        """Pixels of a batch of images -> a list with one [T_i, hidden] block per image."""
-        output_attentions = self._needs_attention()
+        """Pixels of a batch of images -> a list with one [T_i, hidden] block per image (steps 1-3)."""
         if isinstance(images, list) or images.ndim == 5:  # views per image (anyres) or ragged list
             views = [img if img.ndim == 4 else img.unsqueeze(0) for img in images]
             counts = [v.shape[0] for v in views]
-            sizes = image_sizes if image_sizes is not None else [None] * len(counts)
-            if self._merges_visual_tokens():
-                if self.pruning_config.budget_scope != "per-view":
-                    raise ValueError(f"--pruning-method {self.pruning_config.method} supports --budget-scope per-view only")
-                merged = torch.split(self.merge_visual_tokens(torch.cat(views, dim=0)), counts, dim=0)
-                return [m.flatten(0, 1) for m in merged]  # K per view, base view first
-            encoded = self.encode_images(torch.cat(views, dim=0), output_attentions)
-            features, attention = encoded if output_attentions else (encoded, None)
-            per_image = torch.split(features, counts, dim=0)
-            per_attn = [None] * len(counts) if attention is None else torch.split(attention, counts, dim=0)
-            return [self.image_blocks_anyres(f, a, size) for f, a, size in zip(per_image, per_attn, sizes)]
-        if self._merges_visual_tokens():
-            return list(self.merge_visual_tokens(images))
-        encoded = self.encode_images(images, output_attentions)
-        features, attention = encoded if output_attentions else (encoded, None)
-        return list(self.select_visual_tokens(features, attention)[0])
+            return self.reduce_visual(self.encode_visual(torch.cat(views, dim=0)), counts, image_sizes, anyres=True)
+        return self.reduce_visual(self.encode_visual(images), [1] * images.shape[0])
 
     # ---- step 4: splice image blocks into the token embeddings -------------------------------------
     def prepare_inputs_labels_for_multimodal(
@@ -260,31 +314,49 @@ class LlavaMetaForCausalLM:
         if getattr(self.config, "tune_mm_mlp_adapter", False) and getattr(self.config, "mm_use_im_start_end", False):
             raise NotImplementedError("tune_mm_mlp_adapter with mm_use_im_start_end is not supported")
         image_blocks = self.image_embeddings(images, image_sizes)
+        return self.embed_prompt(input_ids, attention_mask, labels, image_blocks, position_ids, past_key_values)
+
+    def embed_prompt(self, input_ids, attention_mask, labels, image_blocks, position_ids=None, past_key_values=None):
+        """Step 4: splice the image blocks into the prompts and re-pad (prepare_inputs_labels_for_multimodal's
+        return value); with an in-decoder method, also records each prompt's image span for the decoder hook."""
         embeds, new_labels = self.splice_embeddings(input_ids, attention_mask, labels, image_blocks)
-        self._image_span = None
-        if self._prunes_in_llm():
-            span = self._single_image_span(input_ids, attention_mask, image_blocks)
-            self._image_span = span if self.pruning_config.visual_token_num < span[1] else None
-        return self.pad_batch(embeds, new_labels, position_ids, attention_mask, past_key_values, labels)
+        out = self.pad_batch(embeds, new_labels, position_ids, attention_mask, past_key_values, labels)
+        self._decoder_pruning = None
+        if self.pruning_config.stage == "decoder":
+            self._decoder_pruning = DecoderPruningState(self._image_spans(input_ids, attention_mask, image_blocks,
+                                                                          out[4].shape[1]))
+        return out
 
-    def _prunes_in_llm(self):
-        cfg = self.pruning_config
-        return cfg.is_active and METHODS[cfg.method].in_llm
+    def decoder_pruning_pending(self):
+        """An in-decoder method is on and the current prompt has an image to prune."""
+        state = getattr(self, "_decoder_pruning", None)
+        return state is not None and any(s is not None for s in state.spans)
 
-    def _fastv_pending(self):
-        """FastV is on and the current prompt's image has more tokens than K."""
-        return self._prunes_in_llm() and getattr(self, "_image_span", None) is not None
-
-    @staticmethod
-    def _single_image_span(input_ids, attention_mask, image_blocks):
-        """(start, length) of the image block in the spliced prompt; FastV needs it the same in every row."""
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError("fastv needs unpadded prompts (one prompt, or prompts of equal length)")
-        starts = [(row == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist() for row in input_ids]
-        if any(len(s) != 1 for s in starts) or len({s[0] for s in starts}) != 1 \
-                or len({b.shape[0] for b in image_blocks}) != 1:
-            raise ValueError("fastv needs exactly one image per prompt, at the same position in every row")
-        return starts[0][0], image_blocks[0].shape[0]
+    def _image_spans(self, input_ids, attention_mask, image_blocks, padded_len):
+        """Per row, (start, length) of its image block in the padded, spliced prompt, or None without an image.
+        In-decoder methods take one image per prompt."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        left = getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        spans, blocks = [], iter(image_blocks)
+        for ids, mask in zip(input_ids, attention_mask.bool()):
+            ids = ids[mask]
+            where = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+            if len(where) > 1:
+                raise ValueError(f"--pruning-method {self.pruning_config.method} prunes inside the LLM and takes "
+                                 f"one image per prompt, got {len(where)}")
+            block = next(blocks, None)
+            if not where:
+                spans.append(None)
+                continue
+            k = self.pruning_config.visual_token_num
+            if k is not None and k >= block.shape[0]:  # nothing to prune: the stock decoder runs
+                spans.append(None)
+                continue
+            total = ids.shape[0] - 1 + block.shape[0]
+            offset = padded_len - total if left else 0
+            spans.append((offset + where[0], block.shape[0]))
+        return spans
 
     def splice_embeddings(self, input_ids, attention_mask, labels, image_blocks):
         """Per row: drop padding, embed the text, put the next image block at each IMAGE_TOKEN_INDEX.

@@ -16,8 +16,14 @@ distances in float32, as a float32 tensor compared with a Python float is.
 """
 import torch
 
-from .methods import attention_order, token_geometry, true_positions
-from .registry import DEFAULT_OPTIONS, register
+from .geometry import ERANK_AVG, attention_order, token_geometry, true_positions
+from .registry import Option, register
+
+TAU_MAX = Option("tau_max", 0.25, "agile: cap on the cosine-distance threshold", low=0.0, low_open=True)
+TAU_STEP = Option("tau_step", 0.01, "agile: threshold growth per attention rank, scaled by erank/erank-avg",
+                  low=0.0, low_open=True)
+AGILE_OPTIONS = (ERANK_AVG, TAU_MAX, TAU_STEP)
+AGILE_DEFAULTS = {o.name: o.default for o in AGILE_OPTIONS}
 
 
 def agile_thresholds(erank, n, erank_avg, tau_max, tau_step):
@@ -94,7 +100,8 @@ def agile_from_geometry(dist, erank, attention, k, erank_avg=90.0, tau_max=0.25,
     return order.gather(1, true_positions(agile_walk(dist, order, tau, k, stats), k))
 
 
-@register("agile", needs_attention=True)
+@register("agile", needs_attention=True, options=AGILE_OPTIONS,
+          summary="AgilePruner: attention order with erank-adaptive similarity suppression")
 def select_agile(features, attention, k, **options):
     """AgilePruner: keep tokens by descending CLS attention, each kept token suppressing the alive tokens
     within cosine distance tau_i = min(order_i * erank/erank_avg * tau_step, tau_max); backfill by
@@ -143,6 +150,6 @@ def agile_reference_from_geometry(dist, erank, attention, k, erank_avg=90.0, tau
 def agile_reference_loop(features, attention, k, **options):
     """AgilePruner by the straightforward per-token loop: features [B, N, D], attention [B, N] ->
     ascending indices [B, k] (k < N). Same geometry as `agile`; the walk is the loop."""
-    options = {**DEFAULT_OPTIONS, **options}
+    options = {**AGILE_DEFAULTS, **options}
     dist, erank = token_geometry(features.float())
     return agile_reference_from_geometry(dist, erank, attention.float(), k, **options)

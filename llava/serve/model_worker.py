@@ -407,13 +407,7 @@ class ModelWorker:
 
 def prunes_in_decoder(cfg):
     """The method prunes inside the LLM's decoder (FastV-style), not before it."""
-    stage = getattr(cfg, "stage", None)
-    if stage is not None:
-        return stage == "decoder"
-    from llava.pruning import METHODS
-
-    spec = METHODS.get(cfg.method)
-    return bool(getattr(spec, "in_llm", False) or getattr(spec, "stage", None) == "decoder")
+    return cfg.stage == "decoder"
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------------

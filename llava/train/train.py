@@ -28,7 +28,6 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import load_image, process_images
 from llava.pruning import PruningConfig, add_pruning_args
 from llava.settings import Pruning, describe
-from llava.pruning.methods import METHODS
 from llava.train.preprocess import TargetMaskError, preprocess, preprocess_multimodal  # noqa: F401 (upstream names)
 from llava.model.compat import quiet_peft
 from llava.utils import torch_init
@@ -367,7 +366,7 @@ def configure_tokenizer(tokenizer, model, model_args):
 
 
 def check_training_pruning(pruning):
-    if pruning.is_active and METHODS[pruning.method].in_llm:
+    if pruning.stage == "decoder":
         raise ValueError(f"--pruning-method {pruning.method} prunes inside the LLM at inference only; "
                          f"train with a method that prunes before the LLM (e.g. agile)")
     return pruning

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from ..compat import model_cache_kwargs, pop_cache
-from ..fastv import fastv_forward
+from ..decoder_pruning import pruned_decoder_forward
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 
@@ -66,15 +66,21 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             seq_len = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
             position_ids = positions_from_mask(attention_mask, seq_len)
-        if self._fastv_pending():  # FastV: the decoder layers run in llava.model.fastv
-            if labels is not None:
-                raise ValueError("fastv prunes at inference only; train with a method that prunes before the LLM")
+        if inputs_embeds is None and images is None and (past_key_values is None
+                                                         or past_key_values.get_seq_length() == 0):
+            self._decoder_pruning = None  # a new prompt without an image: nothing to prune inside the LLM
+        if self.decoder_pruning_pending():  # an in-decoder method: the decoder layers run in decoder_pruning
+            cfg = self.pruning_config
+            if labels is not None or self.training:
+                raise ValueError(f"--pruning-method {cfg.method} prunes inside the LLM at inference only; train "
+                                 "with a method that prunes before the LLM")
             if inputs_embeds is None:
                 inputs_embeds = self.get_model().embed_tokens(input_ids)
-            cfg = self.pruning_config
             records = self.pruning_records if cfg.pruning_stats else None
-            return fastv_forward(self, inputs_embeds, position_ids, past_key_values, use_cache, self._image_span,
-                                 cfg.visual_token_num, cfg.fastv_layer, kwargs.get("logits_to_keep", 0), records)
+            return pruned_decoder_forward(
+                self, cfg.spec.fn, cfg.options(), cfg.visual_token_num, self._decoder_pruning, inputs_embeds,
+                attention_mask, position_ids, past_key_values, use_cache, kwargs.get("logits_to_keep", 0), records,
+                left_padding=getattr(self.config, "tokenizer_padding_side", "right") == "left")
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -110,7 +116,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         attention_mask = kwargs.pop("attention_mask", None)
         if "inputs_embeds" in kwargs:
             raise NotImplementedError("`inputs_embeds` is not supported")
-        self._image_span = None  # FastV: set again by the splice below when this prompt has an image
+        self._decoder_pruning = None  # in-decoder methods: set again by the splice below when this prompt has an image
         if images is not None:
             (_, _, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
                 inputs, None, attention_mask, None, None, images, image_sizes=image_sizes

@@ -131,41 +131,88 @@ class CLIPVisionTower(nn.Module):
             kwargs["causal_attention_mask"] = None
         return kwargs
 
-    def _run(self, pixels, capture_qk):
-        """All 1+N tokens after the select layer, and that layer's (q, k) projections if asked."""
+    def _run(self, pixels, capture_qk, last_input=False):
+        """All 1+N tokens after the select layer, that layer's (attention module, q, k) if asked, and with
+        last_input the input of the tower's last layer (running layers past the select layer if needed)."""
         vm = self._vision_model()
         hidden = vm.pre_layrnorm(vm.embeddings(pixels))
         n_run = self._num_layers_to_run()
+        n_layers = len(vm.encoder.layers)
         if capture_qk and n_run == 0:
             raise ValueError("mm_vision_select_layer selects the embeddings: there is no attention to return")
         qk, layer_kwargs = None, self._layer_kwargs(vm.encoder.layers[0])
-        for i, layer in enumerate(vm.encoder.layers[:n_run]):
+        selected, last = None, None
+        for i, layer in enumerate(vm.encoder.layers[: max(n_run, n_layers - 1 if last_input else 0)]):
+            if last_input and i == n_layers - 1:
+                last = hidden
             if capture_qk and i == n_run - 1:
                 out, q, k = run_capturing_qk(layer, hidden, layer_kwargs)
                 qk = (layer.self_attn, q, k)
             else:
                 out = layer(hidden, **layer_kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
-        return hidden, qk
+            if i == n_run - 1:
+                selected = hidden
+        if selected is None:
+            selected = hidden
+        if last_input and last is None:
+            last = hidden  # the loop stopped right before the last layer
+        return (selected, qk, last) if last_input else (selected, qk)
 
     def _encode(self, pixels, output_attentions):
         hidden, qk = self._run(pixels, output_attentions)
         attention = None if qk is None else cls_attention_row(*qk)
+        return self._select(hidden), attention
+
+    def _select(self, hidden):
         if self.select_feature == "patch":
-            hidden = hidden[:, 1:]
-        elif self.select_feature != "cls_patch":
+            return hidden[:, 1:]
+        if self.select_feature != "cls_patch":
             raise ValueError(f"Unexpected select feature: {self.select_feature!r} (config mm_vision_select_feature)")
-        return hidden, attention
+        return hidden
+
+    SIGNALS = ("cls_state", "keys", "patch_attention", "select_qk", "last_qk", "states")
 
     @torch.no_grad()
-    def forward_for_merging(self, images):
-        """What token-merging methods (VisionZip) need from the select layer: all 1+N hidden states
-        (CLS first) [B, 1+N, C], the CLS->patch attention [B, N] and the keys averaged over heads
-        [B, 1+N, head_dim] (float32)."""
-        hidden, (attn, q, k) = self._run(images.to(device=self.device, dtype=self.dtype), True)
-        b, t, _ = k.shape
-        keys = k.reshape(b, t, attn.num_heads, attn.head_dim).float().mean(dim=2)
-        return hidden.to(images.dtype), cls_attention_row(attn, q, k), keys
+    def encode(self, images, attention=False, signals=()):
+        """The tower's part of the visual path: images [B, 3, H, W] -> (features [B, N, C] in the input dtype,
+        CLS->patch attention [B, N] float32 or None, {signal: tensor} for the signals asked for):
+        cls_state [B, C] the select layer's CLS state; keys [B, N, head_dim] its patch keys averaged over heads
+        (float32); patch_attention [B, N, N] its head-averaged patch->patch softmax attention (over all 1+N
+        keys, CLS row and column dropped, float32); select_qk (q, k, num_heads): the select layer's own q/k
+        projections [B, 1+N, C] (unscaled, CLS first); last_qk (q, k, num_heads): the tower's last layer's q/k
+        projections [B, 1+N, C] on its layer-normed input; states: the features themselves."""
+        unknown = set(signals) - set(self.SIGNALS)
+        if unknown:
+            raise ValueError(f"unknown tower signals {sorted(unknown)}; known: {', '.join(self.SIGNALS)}")
+        pixels = images.to(device=self.device, dtype=self.dtype)
+        need_qk = attention or bool({"keys", "patch_attention", "select_qk"} & set(signals))
+        hidden, qk, last = self._run(pixels, need_qk, last_input=True) if "last_qk" in signals \
+            else self._run(pixels, need_qk) + (None,)
+        out = {}
+        if qk is not None:
+            attn, q, k = qk
+            b, t, _ = k.shape
+            if "keys" in signals:
+                out["keys"] = k.reshape(b, t, attn.num_heads, attn.head_dim).float().mean(dim=2)[:, 1:]
+            if "select_qk" in signals:
+                out["select_qk"] = (q, k, attn.num_heads)
+            if "patch_attention" in signals:
+                qh = q.reshape(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()
+                kh = k.reshape(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()
+                probs = ((qh @ kh.transpose(-1, -2)) * attn.scale).softmax(dim=-1).mean(dim=1)
+                out["patch_attention"] = probs[:, 1:, 1:]
+        if "cls_state" in signals:
+            out["cls_state"] = hidden[:, 0].to(images.dtype)
+        if "last_qk" in signals:
+            layer = self._vision_model().encoder.layers[-1]
+            normed = layer.layer_norm1(last)
+            out["last_qk"] = (layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed), layer.self_attn.num_heads)
+        features = self._select(hidden).to(images.dtype)
+        if "states" in signals:
+            out["states"] = features
+        return features, (None if qk is None or not attention else cls_attention_row(*qk)), out
+
     @torch.no_grad()
     def forward(self, images, output_attentions=False):
         """images [B, 3, H, W] -> features [B, N, C] (input dtype); with output_attentions also the
