@@ -28,7 +28,8 @@ from llava.utils import entry_parser
 ORDER = ["vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "MME", "mmbench", "mmbench_cn", "seed_bench",
          "llava-bench-in-the-wild", "mm-vet", "chair"]
 LOWER_IS_BETTER = {"chair"}
-METHOD_ORDER = ["none", "fastv", "fastervlm", "random", "fps", "divprune", "visionzip", "vispruner", "mix", "agile"]
+METHOD_ORDER = ["none", "fastv", "pdrop", "sparsevlm", "sparsevlm_v2", "dart", "fastervlm", "random", "fps", "divprune",
+                "visionzip", "prumerge", "prumerge_plus", "holov", "fopru", "vispruner", "mix", "agile"]
 
 
 def _k_of(name):

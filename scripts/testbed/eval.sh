@@ -20,7 +20,7 @@ CKPT=${CKPT:-$(basename "$MODEL_PATH")}
 WORLD=${WORLD:-./playground/data/testbed/world}
 OUT=${OUT:-./playground/data/testbed/results}
 REGIMES=${REGIMES:-simple complex}
-METHODS=${METHODS:-fastv fastervlm random fps divprune visionzip vispruner mix agile}
+METHODS=${METHODS:-fastv pdrop sparsevlm sparsevlm_v2 dart fastervlm random fps divprune visionzip prumerge prumerge_plus holov fopru vispruner mix agile}
 KS=${KS:-32 64 128 192}
 BATCH=${BATCH:-16}
 DEVICE=${DEVICE:-cpu}
@@ -52,9 +52,19 @@ run_one() {
             && [ -f "$res/counting/scores/$run.json" ]; then
         return 0
     fi
-    local prune=(--pruning-method "$method" --visual-token-num "$k" --erank-avg "$ERANK_AVG" --pruning-stats)
+    local prune=(--pruning-method "$method" --pruning-stats)
     local batch=$BATCH
-    if [ "$method" = fastv ]; then prune+=(--fastv-layer "$FASTV_LAYER"); batch=1; fi  # fastv: unpadded prompts
+    case $method in  # the testbed LLM has 3 decoder layers: the in-LLM methods act before layers 1-2
+        fastv) prune+=(--visual-token-num "$k" --fastv-layer "$FASTV_LAYER") ;;
+        dart) prune+=(--visual-token-num "$k" --dart-layer 1) ;;
+        # pdrop: K is an average over the decoder layers, which 3 layers (the first at all 576 tokens) cannot
+        # reach below 192; here lambda = sqrt(K/576) makes its last stage (layer 2) keep K tokens
+        pdrop) prune+=(--pdrop-layers 1,2 --pdrop-ratio "$("$PYTHON" -c "print(round(($k / 576) ** 0.5, 6))")") ;;
+        # sparsevlm: the official per-stage tables (K in 64, 96, 128, 192), first two stages, after layers 0 and 1
+        sparsevlm|sparsevlm_v2) prune+=(--visual-token-num "$k" --sparsevlm-layers 0,1) ;;
+        agile|mix|vispruner) prune+=(--visual-token-num "$k" --erank-avg "$ERANK_AVG") ;;
+        *) prune+=(--visual-token-num "$k") ;;
+    esac
     local gen=(--model-path "$MODEL_PATH" --device "$DEVICE" --batch-size "$batch" --num-workers 0 --temperature 0)
     mkdir -p "$res"/{pope,vqa,chair}/answers/"$CKPT/$method"
     "$PYTHON" -m llava.eval.model_vqa_loader "${gen[@]}" "${prune[@]}" --max-new-tokens 8 \
@@ -82,7 +92,12 @@ CONFIGS=()
 for regime in $REGIMES; do
     CONFIGS+=("$regime none 576")
     for method in $METHODS; do
-        for k in $KS; do CONFIGS+=("$regime $method $k"); done
+        for k in $KS; do
+            case "$method:$k" in  # sparsevlm's budgets are the official tables: K in 64, 96, 128, 192 only
+                sparsevlm*:64|sparsevlm*:96|sparsevlm*:128|sparsevlm*:192|[!s]*|s[!p]*) CONFIGS+=("$regime $method $k") ;;
+                *) echo "skip: $method has no official budget table for K=$k" >&2 ;;
+            esac
+        done
     done
 done
 running=0
