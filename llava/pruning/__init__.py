@@ -9,7 +9,8 @@ Every method lives in llava/pruning/methods/ (agile in agile.py) and declares it
 @register (registry.py); adding one = one file.
 """
 from . import metrics
-from .agile import agile_from_geometry, agile_reference_from_geometry, agile_reference_loop, agile_walk
+from .agile import (agile_from_geometry, agile_official, agile_reference_from_geometry, agile_reference_loop,
+                    agile_select, agile_walk)
 from .config import BUDGET_SCOPES, PruningConfig, add_pruning_args
 from .geometry import COMPLEXITY_RULES, cosine_distance, token_geometry
 from .methods import fastv_select, visionzip_tokens
@@ -21,7 +22,8 @@ DEFAULT_OPTIONS = default_options()  # every declared option's default, {name: v
 
 __all__ = [
     "BUDGET_SCOPES", "COMPLEXITY_RULES", "DEFAULT_OPTIONS", "METHODS", "OPTIONS", "Option", "PrunedTokens",
-    "PruningConfig", "STAGES", "add_pruning_args", "agile_from_geometry", "agile_reference_from_geometry",
+    "PruningConfig", "STAGES", "add_pruning_args", "agile_from_geometry", "agile_official",
+    "agile_reference_from_geometry", "agile_select",
     "agile_reference_loop", "agile_walk", "attention_entropy", "cosine_distance", "default_options",
     "effective_rank", "fastv_select", "metrics", "prune_visual_tokens", "register", "select_visual_tokens",
     "token_geometry", "visionzip_tokens",

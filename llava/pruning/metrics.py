@@ -1,4 +1,6 @@
 """Image-complexity metrics on visual tokens (batched, float32 whatever the input dtype)."""
+import math
+
 import torch
 
 
@@ -42,3 +44,18 @@ def attention_entropy(attention):
     a = attention.float()
     p = a / a.sum(dim=-1, keepdim=True)
     return -(p * torch.log(p.clamp(min=1e-30))).sum(dim=-1)
+
+
+def erank_bounds(features):
+    """An interval certain to hold the value `erank_from_gram(centred_gram(features))` computes, without
+    computing it: features [B, N, D] -> (lo, hi), float64 [B] each.
+
+    In exact arithmetic p >= 0 with sum p <= 1, so 0 <= -sum p log(p + 1e-12) + 1e-12 and the entropy is at
+    most log N: the erank lies in [1 - 1e-12, N] whatever the spectrum. The float32 sum of N terms and the
+    exp change that by a relative N * 2^-24 * log N at most (under 4e-4 for N = 576); the interval is
+    widened by 1% + 2N * 2^-24 * log N on each side, far beyond that. For AgilePruner's certificate
+    (agile.agile_select); loose by design, it costs nothing."""
+    b, n = features.shape[0], features.shape[1]
+    slack = 0.01 + 2 * n * 2.0 ** -24 * max(1.0, math.log(n))
+    lo = torch.full((b,), 1.0 / (1.0 + slack), dtype=torch.float64, device=features.device)
+    return lo, torch.full((b,), n * (1.0 + slack), dtype=torch.float64, device=features.device)

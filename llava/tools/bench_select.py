@@ -7,9 +7,10 @@ Inputs are random stand-ins for LLaVA-1.5-7B's post-projector tokens (N x 4096) 
 three regimes (see `synthetic_tokens`): `simple` (erank ~60, like the paper's OCR/maths images: many
 tokens within tau of each other, so few survive and the walk scans the whole attention order),
 `complex` (erank ~120, like its cluttered scenes) and `noise` (i.i.d. Gaussian: no two tokens within
-tau, the walk ends after 2k positions). For agile it also reports the speed-up over
-`agile_reference_loop` end to end (both compute the same geometry: erank and cosine distances) and
-for the walk alone on the same geometry, and checks that both give identical indices.
+tau, the walk ends after 2k positions). For agile it also reports, per regime, its time against the
+previous vectorised agile (full geometry + walk), the official code's computation (`agile_official`:
+erank, cosine matrix, per-token loop), `agile_reference_loop` and fastervlm, how many images needed the
+exact path (the erank), and checks that agile, the previous agile and the loop give identical indices.
 """
 import statistics
 import sys
@@ -20,8 +21,8 @@ from tqdm import tqdm
 
 from llava.utils import entry_parser
 
-from llava.pruning.agile import (AGILE_DEFAULTS, agile_from_geometry, agile_reference_from_geometry,
-                                 agile_reference_loop)
+from llava.pruning.agile import (AGILE_DEFAULTS, agile_from_geometry, agile_official,
+                                 agile_reference_from_geometry, agile_reference_loop, agile_select)
 from llava.pruning.geometry import token_geometry
 from llava.pruning.metrics import effective_rank
 from llava.pruning.registry import METHODS
@@ -87,26 +88,47 @@ def method_table(inputs, k, repeats, device):
 
 
 def agile_comparison(inputs, k, repeats, device):
-    """Lines: agile vs agile_reference_loop, end to end and the walk alone, with an identity check."""
+    """Lines: agile against the computations it replaces, with an identity check, per regime.
+
+    agile: select_visual_tokens("agile") (agile.agile_select: certified walk on lazily computed distance
+    rows, exact path when the certificate cannot decide); previous: the vectorised walk on the full
+    geometry (token_geometry: centred Gram, eigvalsh, distances; then agile_walk), what `agile` ran before;
+    official: agile.agile_official, the official code's computation (erank on its own, cosine matrix as a
+    second product, per-token loop); loop: agile_reference_loop (our geometry, per-token loop); walk alone:
+    agile_from_geometry vs agile_reference_from_geometry on the same precomputed geometry.
+    identical: agile == loop == previous (and the two walks agree); the official computation's indices are
+    reported apart (its direct-formula distances can differ from token_geometry's by float32 rounding)."""
     lines = []
     loop_repeats = max(1, min(repeats, 5))
     for regime, (f, a) in progress("agile vs loop", iterable=inputs.items(), total=len(inputs)):
         fast, t_fast = timed(lambda: select_visual_tokens("agile", f, a, k), repeats, device)
+
+        def previous():
+            dist, erank = token_geometry(f)
+            return agile_from_geometry(dist, erank, a, k, **AGILE_DEFAULTS).sort(-1).values
+
+        prev, t_prev = timed(previous, repeats, device)
+        official, t_official = timed(lambda: agile_official(f, a, k), loop_repeats, device)
         slow, t_slow = timed(lambda: agile_reference_loop(f, a, k), loop_repeats, device)
+        _, t_faster = timed(lambda: select_visual_tokens("fastervlm", f, a, k), repeats, device)
         dist, erank = token_geometry(f)
         walk, t_walk = timed(lambda: agile_from_geometry(dist, erank, a, k, **AGILE_DEFAULTS).sort(-1).values,
                              repeats, device)
         ref, t_ref = timed(lambda: agile_reference_from_geometry(dist, erank, a, k, **AGILE_DEFAULTS),
                            loop_repeats, device)
-        same = torch.equal(fast, slow) and torch.equal(walk, ref) and torch.equal(fast, walk)
+        same = (torch.equal(fast, slow) and torch.equal(walk, ref) and torch.equal(fast, walk)
+                and torch.equal(fast, prev))
         fast_stats, loop_stats = {}, {}
-        agile_from_geometry(dist, erank, a, k, stats=fast_stats)
+        agile_select(f, a, k, stats=fast_stats)
         agile_reference_from_geometry(dist, erank, a, k, stats=loop_stats)
-        syncs, erank_mean = fast_stats["rounds"] + fast_stats["blocks"], effective_rank(f).mean().item()
-        lines.append(f"  {regime:8s} erank {erank_mean:6.1f} | end to end: agile {t_fast:8.2f} ms, "
-                     f"loop {t_slow:8.2f} ms, speed-up {t_slow / t_fast:5.1f}x | walk alone: {t_walk:7.3f} ms vs "
-                     f"{t_ref:7.3f} ms, speed-up {t_ref / t_walk:5.1f}x | host syncs {syncs} vs {loop_stats['syncs']} "
-                     f"| identical: {same}")
+        syncs = sum(fast_stats.get(key, 0) for key in ("blocks", "rounds", "exact_blocks", "exact_rounds")) + 1
+        erank_mean = effective_rank(f).mean().item()
+        lines.append(f"  {regime:8s} erank {erank_mean:6.1f} | agile {t_fast:8.2f} ms (exact path for "
+                     f"{fast_stats['exact']}/{f.shape[0]} images) | previous {t_prev:8.2f} ms | official "
+                     f"{t_official:8.2f} ms, speed-up {t_official / t_fast:5.1f}x | loop {t_slow:8.2f} ms, speed-up "
+                     f"{t_slow / t_fast:5.1f}x | fastervlm {t_faster:6.2f} ms | walk alone: {t_walk:7.3f} ms vs "
+                     f"{t_ref:7.3f} ms | host syncs {syncs} vs {loop_stats['syncs']} | identical: {same}, "
+                     f"same as official: {torch.equal(fast, official)}")
     return lines
 
 
@@ -143,7 +165,7 @@ def main(argv=None):
           f"N={args.n}, K={args.k}, D={args.dim}, median of {args.repeats} "
           f"(loops: of {max(1, min(args.repeats, 5))})\n")
     print("\n".join(method_table(inputs, args.k, args.repeats, device)))
-    print("\nagile (vectorised) vs agile_reference_loop (per-token loop):")
+    print("\nagile (certified fast path) vs previous vectorised agile, official computation, per-token loop:")
     print("\n".join(agile_comparison(inputs, args.k, args.repeats, device)))
 
 
