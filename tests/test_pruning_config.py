@@ -129,3 +129,18 @@ def test_unknown_method_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         parse(["--pruning-method", "magic"])
     assert "magic" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,table", [("methods", "methods_markdown"), ("flags", "flags_markdown")])
+def test_the_readme_tables_are_the_declarations(name, table):
+    """The README's method and flag tables are generated; after changing a method's declaration, paste
+    `python -c "from llava.pruning import config; print(config.<table>())"` between the markers."""
+    import pathlib
+
+    from llava.pruning import config
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    begin, end = f"<!-- {name}-table:begin -->\n", f"\n<!-- {name}-table:end -->"
+    assert begin in readme and end in readme, f"README.md has no {name} table markers"
+    shown = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert shown == getattr(config, table)(), f"README's {name} table is stale: regenerate it with config.{table}()"

@@ -1,5 +1,5 @@
-"""`python -m llava.eval.benchmark` is now `python -m llava.tools.benchmark`; this name keeps working (it imports nothing
-unless run as a command, so the package stays free of tools)."""
+"""`python -m llava.eval.benchmark` is now `python -m llava.tools.benchmark`;
+this name keeps working (it imports nothing unless run as a command)."""
 if __name__ == "__main__":
     from llava.tools.benchmark import main
 

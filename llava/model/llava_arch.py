@@ -108,9 +108,9 @@ class LlavaMetaForCausalLM:
         want_attention = spec.needs_attention or cfg.pruning_stats
         states, attention, signals = self.get_vision_tower().encode(views, attention=want_attention,
                                                                   signals=spec.inputs if cfg.is_active else ())
-        pre = cfg.stage == "pre-projector" and cfg.visual_token_num is not None \
-            and cfg.visual_token_num >= states.shape[1]
-        features = None if cfg.stage == "pre-projector" and not pre else self.get_model().mm_projector(states)
+        builds_tokens = cfg.stage == "pre-projector" and (cfg.visual_token_num is None
+                                                          or cfg.visual_token_num < states.shape[1])
+        features = None if builds_tokens else self.get_model().mm_projector(states)
         return VisualInputs(states, attention, signals, features)
 
     # ---- step 2: pruning before the LLM --------------------------------------------------------------
@@ -176,11 +176,6 @@ class LlavaMetaForCausalLM:
         if cfg.pruning_stats:
             self._record_stats(part.features, part.attention, kept, idx, start)
         return (part.features, None) if idx.shape[1] == part.features.shape[1] else (kept, idx)
-
-    def select_visual_tokens(self, features, attention):
-        """Projected features [V, N, hidden] and attention [V, N] -> (kept [V, K, hidden], indices or None), for
-        a post-projector method that reads nothing else (kept for callers of the earlier API)."""
-        return self.prune_visual_features(VisualInputs(features, attention, {}, features), slice(None))
 
     @torch.no_grad()
     def _record_stats(self, features, attention, kept, idx, start):

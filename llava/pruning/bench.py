@@ -1,5 +1,5 @@
-"""`python -m llava.pruning.bench` is now `python -m llava.tools.bench`; this name keeps working (it imports nothing
-unless run as a command, so the package stays free of tools)."""
+"""`python -m llava.pruning.bench` is now `python -m llava.tools.bench`;
+this name keeps working (it imports nothing unless run as a command)."""
 if __name__ == "__main__":
     from llava.tools.bench import main
 

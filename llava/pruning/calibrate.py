@@ -1,5 +1,5 @@
-"""`python -m llava.pruning.calibrate` is now `python -m llava.tools.calibrate`; this name keeps working (it imports nothing
-unless run as a command, so the package stays free of tools)."""
+"""`python -m llava.pruning.calibrate` is now `python -m llava.tools.calibrate`;
+this name keeps working (it imports nothing unless run as a command)."""
 if __name__ == "__main__":
     from llava.tools.calibrate import main
 

@@ -215,8 +215,8 @@ def flags_markdown():
         choices = f" ({' / '.join(option.choices)})" if option.choices else ""
         rows.append(f"| `{option.flag_name}` | {_cell(option.default)} | {', '.join(users_of(name))} | "
                     f"{option.help}{choices} |")
-    rows.append("| `--budget-scope` | `per-view` | before the LLM | LLaVA-1.6: K per view, or `global` (K over the whole "
-                "image) |")
-    rows.append("| `--pruning-stats` | off | all | record per image: erank of all and of kept tokens, attention entropy, "
-                "kept indices, pruning time (`model.pruning_records`) |")
+    rows.append("| `--budget-scope` | `per-view` | before the LLM | LLaVA-1.6: K per view, or `global` (K over the "
+                "whole image) |")
+    rows.append("| `--pruning-stats` | off | all | record per image: erank of all and of kept tokens, attention "
+                "entropy, kept indices, pruning time (`model.pruning_records`) |")
     return "\n".join(rows)

@@ -2,7 +2,7 @@
 
     python -m llava.tools.benchmark --random-weights small --methods none,fastervlm,agile --visual-token-num 64,192
     python -m llava.tools.benchmark --model-path liuhaotian/llava-v1.5-7b --device cuda --dtype float16 \\
-        --methods none,fastv,fastervlm,divprune,vispruner,visionzip,agile,mix --visual-token-num 64,128,192 \\
+        --methods none,fastv,pdrop,fastervlm,divprune,vispruner,visionzip,agile --visual-token-num 64,128,192 \\
         --out results.json --markdown results.md --plot results.png
 
 The model is a checkpoint (`--model-path`, loaded with load_pretrained_model) or a random-weights model
@@ -13,13 +13,13 @@ initialised directly on --device in --dtype (a 7B model is never materialised in
 The prompt is --prompt-tokens random text token ids with one IMAGE_TOKEN_INDEX after the first
 min(35, P // 2) of them (about where LLaVA's system prompt ends), the image random pixels.
 
-Each run times the model's own stages, called one after the other as `generate` would:
-    tower    encode_images (CLIP up to the select layer [+ CLS attention row] + projector); for merging
-             methods (visionzip) the tower's forward_for_merging
-    prune    select_visual_tokens (LLaVA-1.6: image_blocks_anyres, i.e. selection + view merging); for
-             visionzip the merge + projector on the K tokens
-    splice   splice_embeddings + pad_batch (+ FastV's image span) -> inputs_embeds
-    prefill  one language-model forward over inputs_embeds into an empty DynamicCache (last logits only)
+Each run times the model's own public steps, called one after the other as `generate` would:
+    tower    encode_visual (CLIP up to the select layer [+ CLS attention row and the signals the method
+             reads] + projector, except for pre-projector methods, which project their own tokens)
+    prune    reduce_visual (the method before the LLM; LLaVA-1.6: per view + view merging)
+    splice   embed_prompt (splice + pad; the image spans for in-LLM methods) -> inputs_embeds
+    prefill  one language-model forward over inputs_embeds into an empty DynamicCache (last logits only;
+             in-LLM methods cut image tokens inside it)
     decode   --new-tokens - 1 greedy one-token steps on that cache
 TTFT = tower + prune + splice + prefill; end to end = TTFT + decode; decode tok/s = B * (new - 1) /
 decode time. GPU: CUDA events between stages, synchronised once per run; CPU: time.perf_counter.
@@ -27,7 +27,8 @@ Every figure is the median over --repeats runs (after --warmup), with min/max an
 runs are interleaved across configurations by default (--order), so load from other processes spreads
 over all methods instead of landing on one.
 A check pass per configuration asserts that the staged inputs_embeds equal the model's own
-prepare_inputs_labels_for_multimodal and that the greedy tokens equal model.generate's.
+prepare_inputs_labels_for_multimodal, that the in-LLM methods' per-layer token counts are the same, and
+that the greedy tokens equal model.generate's.
 
 Memory: one extra untimed pass per configuration. CUDA: max_memory_allocated (peak, and peak minus
 what was allocated before the pass). CPU: peak process RSS during the pass minus RSS before it,
@@ -46,16 +47,17 @@ position, 2 d V, is the same for every method and left out), for n tokens per se
 The "ideal" speed-up is FLOPs(none) / FLOPs(method) for the same prompt.
 
 Also reported once per run: the tower with and without the CLS attention row (the same forward, plus
-one 1 x 577 attention row per head; the two calls alternate), and AgilePruner's per-token loop
-(llava.pruning.agile_reference_loop) next to the vectorised `agile` selection on this run's real
-post-projector features and CLS attention, end to end and for the walk alone on the same geometry,
-checking that both pick identical indices. (Random weights give near-isotropic features, erank far
-above a trained model's ~90, so the walk is short; the comparison means most on a real checkpoint.)
+one 1 x 577 attention row per head; the two calls alternate), and `agile` as the model runs it next to
+the official computation (agile.agile_official) and the per-token loop (agile_reference_loop) on this
+run's real post-projector features and CLS attention, end to end and for the walk alone on the same
+geometry, checking that they pick identical indices. (Random weights give near-isotropic features, erank
+far above a trained model's ~90, so agile's certificate settles the walk; on clustered features it takes
+the exact path.)
 
 Counting (README convention): K visual embeddings per image, per view on LLaVA-1.6 with the per-view
 scope, so "LLM tokens" is prompt + K x views; in-decoder methods show "first/last" layer counts (their
-first layers run at full length) and their K is over the whole image block, all views together. On a shared CPU use
---threads 1: with more threads than free cores, OpenMP barriers turn contention into 5-50x outliers.
+first layers run at full length) and their K is over the whole image block, all views together. On a
+shared CPU use --threads 1: with more threads than free cores, OpenMP barriers turn contention into 5-50x outliers.
 """
 import dataclasses
 import json
@@ -592,6 +594,8 @@ def markdown(report):
             f"{_ms(s['prune'])} | {_ms(s['prefill'])} | {_ms(s['ttft'])} | {tok_cell} | {_ms(s['e2e'])} | "
             f"{_mb(mem)} | {_mb(r['kv_cache_bytes'])} | {r['prefill_flops'] / 1e12:.4g} | "
             f"{r['prefill_speedup']:.2f}x | {r['ideal_speedup']:.2f}x |")
+    for row in report.get("skipped", []):
+        lines.append(f"| {row['method']} | {row['k']} | skipped: {row['reason']} |" + " |" * 11)
     t = report.get("tower_cls_row")
     if t:
         a, b = t["without_cls_row_ms"]["median"], t["with_cls_row_ms"]["median"]
@@ -623,23 +627,25 @@ def plot(report, path):
         print(f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot written",
               file=sys.stderr)
         return False
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    methods = dict.fromkeys(r["method"] for r in report["results"] if r["method"] != "none")
-    for m in methods:
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    methods = list(dict.fromkeys(r["method"] for r in report["results"] if r["method"] != "none"))
+    colours = plt.get_cmap("tab20").colors
+    for i, m in enumerate(methods):
         rows = sorted((r for r in report["results"] if r["method"] == m), key=lambda r: r["k"] or 0)
-        ks, style = [r["k"] for r in rows], "o-" if len(rows) > 1 else "o"
-        line = axes[0].plot(ks, [r["prefill_speedup"] for r in rows], style, label=m)[0]
-        axes[0].plot(ks, [r["ideal_speedup"] for r in rows], ":", color=line.get_color(), alpha=0.6)
-        axes[1].plot(ks, [r["stats"]["ttft"]["median"] for r in rows], style, label=m)
-        axes[2].plot(ks, [r["kv_cache_bytes"] / 2**20 for r in rows], style, label=m)
+        ks, style = [r["k"] for r in rows], ("o-" if len(rows) > 1 else "o") if i < 10 else ("s--" if len(rows) > 1 else "s")
+        colour = colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
+        axes[0].plot(ks, [r["prefill_speedup"] for r in rows], style, color=colour, label=m)
+        axes[0].plot(ks, [r["ideal_speedup"] for r in rows], ":", color=colour, alpha=0.6)
+        axes[1].plot(ks, [r["stats"]["ttft"]["median"] for r in rows], style, color=colour, label=m)
+        axes[2].plot(ks, [r["kv_cache_bytes"] / 2**20 for r in rows], style, color=colour, label=m)
     for ax, title in zip(axes, ("prefill speed-up over none (dotted: ideal from FLOPs)", "time to first token ms",
                                 "KV cache MB")):
         ax.set_xlabel("K (visual tokens per image)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize="small")
     fig.suptitle(f"{report['meta']['model']} on {report['meta']['device']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=120)
     return True
 
@@ -752,6 +758,15 @@ def main(argv=None):
             raise SystemExit(f"error: {e}")
     inputs = make_inputs(model, args.batch_size, args.prompt_tokens, device, args.bench_seed)
     shape = llm_shape(model.config)
+    skipped = []
+    for cfg in list(cfgs):  # a K this model and prompt cannot give (e.g. pdrop's average on a shallow LLM)
+        model.set_pruning(cfg)
+        try:
+            run_once(model, inputs, 1, device)
+        except ValueError as e:
+            print(f"skipped {cfg.method} K={cfg.visual_token_num}: {e}", file=sys.stderr)
+            skipped.append({"method": cfg.method, "k": cfg.visual_token_num, "reason": str(e)})
+            cfgs.remove(cfg)
 
     # the unpruned token count: what the model's own path splices without pruning
     model.set_pruning(None)
@@ -800,7 +815,7 @@ def main(argv=None):
         r["token_ratio"] = n_full / r["llm_tokens_per_layer"][-1]
         r["prefill_speedup"] = (base["stats"]["prefill"]["median"] / r["stats"]["prefill"]["median"]
                                 if base else float("nan"))
-    report = {"meta": meta, "results": results,
+    report = {"meta": meta, "results": results, "skipped": skipped,
               "tower_cls_row": tower_cls_row(model, inputs, args, device)}
     if not args.no_agile_loop:
         report["agile_vs_loop"] = agile_vs_loop(model, inputs, ks, args, device)

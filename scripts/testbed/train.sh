@@ -5,7 +5,7 @@
 #   5. stage 2: scripts/v1_5/finetune.sh (LLM + projector, upstream-style instructions with captions)
 #   6. stage 3: scripts/v1_5/finetune_task.sh on short-answer questions only (train/qa.json)
 #   7. llava.testbed.ship -> OUT (tower inside)
-#   8. llava.pruning.calibrate -> OUT/erank_calibration.json (the --erank-avg for agile and mix)
+#   8. llava.tools.calibrate -> OUT/erank_calibration.json (the --erank-avg for agile and mix)
 #
 #   bash scripts/testbed/train.sh [OUT]          (default OUT: ./checkpoints/llava-testbed)
 #
@@ -94,5 +94,5 @@ cat > "$TIMINGS" <<JSON
                   "stage3": $((t5 - t4))}}
 JSON
 $PY -m llava.testbed.ship --model "$WORK/llava-testbed-qa" --tower "$TOWER" --out "$OUT" --timings "$TIMINGS"
-$PY -m llava.pruning.calibrate --model-path "$OUT" --image-folder "$WORK/world/train/images" --max-images 400 \
+$PY -m llava.tools.calibrate --model-path "$OUT" --image-folder "$WORK/world/train/images" --max-images 400 \
     --device "$([ "$DEVICE" = cpu ] && echo cpu || echo cuda)" --out "$OUT/erank_calibration.json"
