@@ -146,6 +146,8 @@ class Pruning:
                     continue
                 value = getattr(cfg, f.name)
                 if value != getattr(defaults, f.name):
+                    if isinstance(value, tuple):
+                        value = ",".join(str(v) for v in value)
                     text += f" {f.name}={value:g}" if isinstance(value, float) else f" {f.name}={value}"
                     text += f" ({self.sources.get(f.name, 'checkpoint')})"
         if cfg.pruning_stats:

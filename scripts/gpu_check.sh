@@ -19,8 +19,13 @@ mkdir -p "$OUT"
 
 if [ "${SMALL:-0}" = 1 ]; then
     DEVICE=cpu DTYPE=float32 V15=small V16=tiny-anyres REPEATS=${REPEATS:-1} THREADS=(--threads 1)
+    # the in-LLM methods' layers on the small presets' shallow LLMs (8 and 3 layers); a K that a shallow
+    # LLM cannot give (pdrop's average) is skipped with its reason in the report
+    V15_LAYERS=(--fastv-layer 2 --pdrop-layers 1,2,3 --sparsevlm-layers 1,3,5 --dart-layer 2)
+    V16_LAYERS=(--fastv-layer 1 --pdrop-layers 1 --sparsevlm-layers 0,1 --dart-layer 1)
 else
     DEVICE=cuda DTYPE=bfloat16 V15=llava-v1.5-7b V16=llava-v1.6-vicuna-7b REPEATS=${REPEATS:-5} THREADS=()
+    V15_LAYERS=() V16_LAYERS=()  # the official layers (fastv 2, pdrop 2,8,16, sparsevlm 2,6,15, dart 2)
 fi
 # every method that prunes (the registry decides: a method added later is included), unpruned first
 METHODS=$("$PY" -c "from llava.pruning import METHODS; print(','.join(['none'] + sorted(m for m in METHODS if m != 'none')))")
@@ -40,12 +45,12 @@ cat "$OUT/env.txt" >&2
 step "LLaVA-1.5 ($V15, $DTYPE): every method x K = 64, 128, 192 and unpruned"
 "$PY" -m llava.tools.benchmark --random-weights "$V15" --dtype "$DTYPE" --device "$DEVICE" --methods "$METHODS" \
     --visual-token-num 64,128,192 --repeats "$REPEATS" --warmup 1 --prompt-tokens 64 --new-tokens 16 \
-    "${THREADS[@]}" --out "$OUT/llava15.json" --markdown "$OUT/llava15.md"
+    "${V15_LAYERS[@]}" "${THREADS[@]}" --out "$OUT/llava15.json" --markdown "$OUT/llava15.md"
 
 step "LLaVA-1.6 ($V16, $DTYPE): every method at K = 64 per view"
 "$PY" -m llava.tools.benchmark --random-weights "$V16" --dtype "$DTYPE" --device "$DEVICE" --methods "$METHODS" \
     --visual-token-num 64 --repeats "$REPEATS" --warmup 1 --prompt-tokens 64 --new-tokens 16 --no-agile-loop \
-    "${THREADS[@]}" --out "$OUT/llava16.json" --markdown "$OUT/llava16.md"
+    "${V16_LAYERS[@]}" "${THREADS[@]}" --out "$OUT/llava16.json" --markdown "$OUT/llava16.md"
 
 step "selection time per method and agile against the per-token loop (N=576, D=4096, K=64)"
 "$PY" -m llava.tools.bench_select --device "$DEVICE" --visual-token-num 64 --dim 4096 \
