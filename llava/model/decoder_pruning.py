@@ -12,7 +12,8 @@ Positions: kept tokens keep their original RoPE positions by default (FastV, DAR
 from the full prompt length; with "renumber" a layer group's positions are contiguous and its decode steps
 are shifted by the tokens removed before it (PDrop's and SparseVLM's own behaviour). Masks: an unpadded
 batch runs with no mask (SDPA's causal mode, bit-identical to an unhooked decoder); padded rows get an
-explicit additive mask per layer group, so left-padded batched generation works. Training is refused.
+explicit additive mask per layer group, so left-padded batched generation works (SDPA or eager; flash
+attention takes unpadded batches only). Training is refused.
 """
 import torch
 from transformers import DynamicCache
@@ -245,6 +246,9 @@ def _prefill(model, fn, options, k, state, hidden, mask2d, positions, cache, use
             padded = padded or not bool(mask2d.all())
             rotary = inner.rotary_emb(hidden, positions)
         previous, previous_pos, previous_mask = hidden, positions, mask2d  # the input of layer i, for layer i + 1
+        if padded and model.config._attn_implementation == "flash_attention_2":
+            raise ValueError("in-decoder pruning with flash attention needs unpadded prompts (one prompt, or "
+                             "prompts of equal length); use SDPA for padded batches")
         mask = _additive_mask(mask2d, mask2d.shape[1], hidden.dtype, causal=True) if padded else None
         out = layer(hidden, attention_mask=mask, position_ids=positions, use_cache=use_cache,
                     position_embeddings=rotary, **layer_cache_kwargs(cache))

@@ -8,7 +8,7 @@ The data path for one image reads top to bottom in `LlavaMetaForCausalLM`, as pu
                            post-projector method selects projected tokens, a pre-projector one builds tokens
                            from the states and projects them; identity when off or when K >= N
     reduce_visual          per image: the steps above per view, LLaVA-1.6 views merged (merge_views)
-    splice_embeddings      image blocks replace IMAGE_TOKEN_INDEX, labels IGNORE_INDEX, re-pad the batch
+    embed_prompt           image blocks replace IMAGE_TOKEN_INDEX, labels IGNORE_INDEX, re-pad the batch
     (in-decoder methods)   llava/model/decoder_pruning.py cuts inside the LLM, from the spans recorded here
 """
 import time
@@ -129,8 +129,8 @@ class LlavaMetaForCausalLM:
                         if not low <= layer <= high:
                             raise ValueError(f"{option.flag_name} must be in [{low}, {high}] for this model "
                                              f"({n_layers} decoder layers), got {layer}")
-            if self.config._attn_implementation not in ("sdpa", "eager"):
-                raise ValueError(f"--pruning-method {cfg.method} needs SDPA or eager attention, "
+            if self.config._attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+                raise ValueError(f"--pruning-method {cfg.method} needs SDPA, eager or flash attention, "
                                  f"not {self.config._attn_implementation!r}")
         if cfg.stage == "pre-projector" and cfg.budget_scope != "per-view":
             raise ValueError(f"--pruning-method {cfg.method} supports --budget-scope per-view only")
