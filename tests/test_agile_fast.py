@@ -12,22 +12,8 @@ from llava.pruning.agile import (agile_certified_walk, agile_from_geometry, agil
 from llava.pruning.geometry import token_geometry
 from llava.pruning.metrics import effective_rank, erank_bounds
 from llava.pruning.synthetic import synthetic_tokens
+from test_pruning import plain_walk  # the walk written as plainly as possible, shared with the loop tests
 
-
-def plain_walk(dist, tau, k):
-    """The walk in attention order (order = identity), as plainly as possible: ascending positions."""
-    n = len(dist)
-    alive, kept = [True] * n, []
-    for p in range(n):
-        if alive[p] and len(kept) < k:
-            kept.append(p)
-            alive[p] = False
-            for q in range(n):
-                alive[q] = alive[q] and not dist[p][q] < tau[p]
-    for p in range(n):
-        if len(kept) < k and p not in kept:
-            kept.append(p)
-    return sorted(kept)
 
 
 def exact_pairs(dist, margin=0.0):

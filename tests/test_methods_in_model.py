@@ -7,7 +7,8 @@ import torch
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.pruning import METHODS, PruningConfig
 
-from test_model import load, prompt_ids, sample_image
+from test_model import prompt_ids, sample_image
+from test_model_pruning import v15, v16  # noqa: F401 (the generated LLaVA-1.5/1.6 checkpoints, loaded once)
 
 # the tiny checkpoints' LLM has 2 decoder layers: the in-LLM methods act before layer 1
 TINY = {"fastv": {"fastv_layer": 1}, "dart": {"dart_layer": 1}, "pdrop": {"pdrop_layers": (1,)},
@@ -30,20 +31,6 @@ def expected_visual_tokens(method):
     if method == "sparsevlm_v2":
         return 66  # the official v2 table's first stage for K = 64
     return K
-
-
-@pytest.fixture(scope="module")
-def v15(tiny_checkpoint):
-    tokenizer, model, processor, _ = load(tiny_checkpoint("v1.5"))
-    yield tokenizer, model, processor
-    model.set_pruning(None)
-
-
-@pytest.fixture(scope="module")
-def v16(tiny_checkpoint):
-    tokenizer, model, processor, _ = load(tiny_checkpoint("v1.6"))
-    yield tokenizer, model, processor
-    model.set_pruning(None)
 
 
 def generate(model, tokenizer, ids, pixels, sizes, mask=None):
