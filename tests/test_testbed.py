@@ -309,3 +309,50 @@ def test_subset_keeps_the_questions_about_the_first_pictures(world, tmp_path):
     assert [t["question_id"] for t in truth] == [q["question_id"] for q in rows(os.path.join(dst, "vqa", "questions.jsonl"))]
     assert len(json.load(open(os.path.join(dst, "chair", "objects.json")))) == 5
     assert sorted(os.listdir(os.path.join(dst, "images")))[:5] == first
+
+
+def test_sweep_plans_each_methods_testbed_settings():
+    from llava.testbed import sweep
+
+    runs, skipped = sweep.configurations(["simple", "complex"], ["fastv", "sparsevlm", "agile"], [32, 64])
+    assert runs[0] == ("simple", "none", 576) and ("complex", "none", 576) in runs
+    assert ("simple", "sparsevlm", 64) in runs and ("simple", "sparsevlm", 32) not in runs  # no official table
+    assert [(m, k) for m, k, _ in skipped] == [("sparsevlm", 32)]
+    assert len(runs) == 2 * (1 + 2 + 1 + 2)
+    pdrop = sweep.pruning_flags("pdrop", 144)
+    assert pdrop[pdrop.index("--pdrop-ratio") + 1] == "0.5"  # last of its 2 stages keeps 576 * 0.5**2 = 144
+    assert "--erank-avg" in sweep.pruning_flags("agile", 64, 11.5) and "--erank-avg" not in \
+        sweep.pruning_flags("fastervlm", 64, 11.5)
+
+
+def test_sweep_answers_as_the_eval_entry_points_run_alone(tmp_path):
+    """One process and one model load for several configurations gives the answers each configuration's own
+    `python -m llava.eval.model_vqa_loader` run gives (the model's pruning is switched, nothing carried over)."""
+    from llava.eval import model_vqa_loader
+    from llava.testbed import calibrated_erank_avg, sweep
+
+    model = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "playground", "llava-testbed")
+    world = gen.generate(str(tmp_path / "world"), seed=0, train_images=0, eval_images=2)
+    sets, out = os.path.join(world, "eval"), str(tmp_path / "results")
+    assert sweep.main(["--model-path", model, "--sets", sets, "--out", out, "--regimes", "complex",
+                       "--methods", "fastv", "agile", "--ks", "32", "--batch-size", "4"]) == 0
+    for bench in ("pope", "chair", "colour", "counting"):
+        for method, k in (("none", 576), ("fastv", 32), ("agile", 32)):
+            assert os.path.isfile(os.path.join(out, "complex", bench, "scores", "llava-testbed", method, f"k{k}.json"))
+    data = os.path.join(sets, "complex")
+    for method in ("none", "fastv", "agile"):
+        alone = tmp_path / f"{method}.jsonl"
+        assert model_vqa_loader.main(
+            ["--model-path", model, "--device", "cpu", "--batch-size", "4", "--num-workers", "0", "--temperature", "0",
+             "--max-new-tokens", "8", "--question-file", os.path.join(data, "vqa", "questions.jsonl"),
+             "--image-folder", os.path.join(data, "images"), "--answers-file", str(alone)]
+            + sweep.pruning_flags(method, 576 if method == "none" else 32, calibrated_erank_avg(model))) == 0
+        swept = os.path.join(out, "complex", "vqa", "answers", "llava-testbed", method,
+                             f"k{576 if method == 'none' else 32}.jsonl")
+        drop = lambda r: {k: v for k, v in r.items() if k != "metadata"}  # noqa: E731 (times differ)
+        assert [drop(r) for r in rows(alone)] == [drop(r) for r in rows(swept)]
+        kept = [r["metadata"]["pruning"].get("kept_tokens") for r in rows(alone)]
+        assert kept == [r["metadata"]["pruning"].get("kept_tokens") for r in rows(swept)]
+        assert kept[0] == (576 if method == "none" else 32)  # fastv: tokens left after its cut in the LLM
+    # a finished configuration is skipped on a second run
+    assert sweep.run_one("complex", "fastv", 32, sets, out, model) is False

@@ -10,6 +10,7 @@ Answer files keep upstream's format (`question_id`, `prompt`, `text`, `answer_id
 With `--pruning-stats`, `metadata.pruning` holds the image's erank of all and of kept tokens, attention
 entropy, kept token count and pruning time (means over the image's views for LLaVA-1.6).
 """
+import contextlib
 import json
 import math
 import os
@@ -254,6 +255,23 @@ def run_record(args, conv_mode, pruning):
     return record
 
 
+_kept = None  # {(path, base, device, tower): (tokenizer, model, processor)} inside models_kept_loaded()
+
+
+@contextlib.contextmanager
+def models_kept_loaded():
+    """Within the block, load_model reads each checkpoint once: a later run of any generator in this process
+    reuses its weights and switches the pruning to its own (model.set_pruning). For sweeps of many runs in
+    one process (llava.testbed.sweep); everything else about a run (checks, template, answer file) is as
+    when it runs alone."""
+    global _kept
+    outer, _kept = _kept, ({} if _kept is None else _kept)
+    try:
+        yield
+    finally:
+        _kept = outer
+
+
 def load_model(args):
     """(tokenizer, model, image_processor, model_name, pruning config) from the eval arguments.
 
@@ -276,10 +294,17 @@ def load_model(args):
     args.run_record = run_record(args, conv_mode, pruning.config)
     check_resume(args.answers_file, args.run_record, args.resume)
     print(describe(args.model_path, conv_mode, source, pruning, answers=args.answers_file), file=sys.stderr)
-    disable_torch_init()
-    tokenizer, model, processor, _ = load_pretrained_model(
-        model_path, args.model_base, model_name, device=args.device, vision_tower=args.vision_tower,
-        pruning=pruning.config)
+    key = (model_path, args.model_base, args.device, args.vision_tower)
+    if _kept is not None and key in _kept:
+        tokenizer, model, processor = _kept[key]
+        model.set_pruning(pruning.config)
+    else:
+        disable_torch_init()
+        tokenizer, model, processor, _ = load_pretrained_model(
+            model_path, args.model_base, model_name, device=args.device, vision_tower=args.vision_tower,
+            pruning=pruning.config)
+        if _kept is not None:
+            _kept[key] = (tokenizer, model, processor)
     note_nothing_pruned(model, pruning.config)
     return tokenizer, model, processor, model_name, pruning.config
 

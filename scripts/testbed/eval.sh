@@ -1,5 +1,6 @@
 #!/bin/bash
-# Every pruning method x K on the testbed's simple and complex eval sets, then one table and plot.
+# Every pruning method x K on the testbed's simple and complex eval sets, then one table and plot
+# (python -m llava.testbed.sweep runs the configurations: the testbed settings of each method are there).
 #
 #   bash scripts/testbed/eval.sh                       # all methods, K in 32 64 128 192, both regimes
 #   METHODS="agile fastervlm" KS="64" bash scripts/testbed/eval.sh
@@ -29,7 +30,7 @@ PYTHON=${PYTHON:-python}
 JOBS=${JOBS:-1}
 IMAGES=${IMAGES:-}
 
-ERANK_AVG=${ERANK_AVG:-$("$PYTHON" -c 'import sys; from llava.testbed import calibrated_erank_avg as e; print(e(sys.argv[1]))' "$MODEL_PATH")}
+ERANK_AVG=${ERANK_AVG:-}                      # default: the checkpoint's erank_calibration.json
 
 if [ ! -f "$WORLD/eval/simple/vqa/truth.jsonl" ]; then
     "$PYTHON" -m llava.testbed.generate --out "$WORLD" --seed 0 --train-images 0
@@ -44,68 +45,16 @@ if [ -n "$IMAGES" ]; then
     done
 fi
 
-# run_one REGIME METHOD K: answers + scores of one configuration (skipped when its scores exist)
-run_one() {
-    local regime=$1 method=$2 k=$3
-    local data="$SETS/$regime" res="$OUT/$regime" run="$CKPT/$method/k$k"
-    if [ -f "$res/chair/scores/$run.json" ] && [ -f "$res/pope/scores/$run.json" ] \
-            && [ -f "$res/counting/scores/$run.json" ]; then
-        return 0
-    fi
-    local prune=(--pruning-method "$method" --pruning-stats)
-    local batch=$BATCH
-    case $method in  # the testbed LLM has 3 decoder layers: the in-LLM methods act before layers 1-2
-        fastv) prune+=(--visual-token-num "$k" --fastv-layer "$FASTV_LAYER") ;;
-        dart) prune+=(--visual-token-num "$k" --dart-layer 1) ;;
-        # pdrop: K is an average over the decoder layers, which 3 layers (the first at all 576 tokens) cannot
-        # reach below 192; here lambda = sqrt(K/576) makes its last stage (layer 2) keep K tokens
-        pdrop) prune+=(--pdrop-layers 1,2 --pdrop-ratio "$("$PYTHON" -c "print(round(($k / 576) ** 0.5, 6))")") ;;
-        # sparsevlm: the official per-stage tables (K in 64, 96, 128, 192), first two stages, after layers 0 and 1
-        sparsevlm|sparsevlm_v2) prune+=(--visual-token-num "$k" --sparsevlm-layers 0,1) ;;
-        agile|mix|vispruner) prune+=(--visual-token-num "$k" --erank-avg "$ERANK_AVG") ;;
-        *) prune+=(--visual-token-num "$k") ;;
-    esac
-    local gen=(--model-path "$MODEL_PATH" --device "$DEVICE" --batch-size "$batch" --num-workers 0 --temperature 0)
-    mkdir -p "$res"/{pope,vqa,chair}/answers/"$CKPT/$method"
-    "$PYTHON" -m llava.eval.model_vqa_loader "${gen[@]}" "${prune[@]}" --max-new-tokens 8 \
-        --question-file "$data/pope/llava_pope_test.jsonl" --image-folder "$data/images" \
-        --answers-file "$res/pope/answers/$run.jsonl"
-    mkdir -p "$res/pope/scores/$CKPT/$method"
-    "$PYTHON" -m llava.eval.eval_pope --annotation-dir "$data/pope/coco" \
-        --question-file "$data/pope/llava_pope_test.jsonl" --result-file "$res/pope/answers/$run.jsonl" \
-        --score-file "$res/pope/scores/$run.json" > /dev/null
-    "$PYTHON" -m llava.eval.model_vqa_loader "${gen[@]}" "${prune[@]}" --max-new-tokens 8 \
-        --question-file "$data/vqa/questions.jsonl" --image-folder "$data/images" \
-        --answers-file "$res/vqa/answers/$run.jsonl"
-    "$PYTHON" -m llava.testbed.score vqa --truth "$data/vqa/truth.jsonl" --result-file "$res/vqa/answers/$run.jsonl" \
-        --score-dir "$res" --ckpt "$CKPT" --pruning-method "$method" --visual-token-num "$k" > /dev/null
-    "$PYTHON" -m llava.eval.model_caption "${gen[@]}" "${prune[@]}" --max-new-tokens 64 \
-        --question-file "$data/chair/questions.jsonl" --image-folder "$data/images" \
-        --answers-file "$res/chair/answers/$run.jsonl"
-    "$PYTHON" -m llava.testbed.score chair --objects "$data/chair/objects.json" \
-        --cap-file "$res/chair/answers/$run.jsonl" --score-dir "$res" --ckpt "$CKPT" --pruning-method "$method" \
-        --visual-token-num "$k" > /dev/null
-    echo "done: $regime $method K=$k"
-}
-
-CONFIGS=()
-for regime in $REGIMES; do
-    CONFIGS+=("$regime none 576")
-    for method in $METHODS; do
-        for k in $KS; do
-            case "$method:$k" in  # sparsevlm's budgets are the official tables: K in 64, 96, 128, 192 only
-                sparsevlm*:64|sparsevlm*:96|sparsevlm*:128|sparsevlm*:192|[!s]*|s[!p]*) CONFIGS+=("$regime $method $k") ;;
-                *) echo "skip: $method has no official budget table for K=$k" >&2 ;;
-            esac
-        done
-    done
-done
-running=0
-for config in "${CONFIGS[@]}"; do
+# the configurations in JOBS processes side by side, each reading the checkpoint once (llava.testbed.sweep)
+ERANK=()
+if [ -n "$ERANK_AVG" ]; then ERANK=(--erank-avg "$ERANK_AVG"); fi
+for ((i = 0; i < JOBS; i++)); do
     # shellcheck disable=SC2086
-    run_one $config &
-    running=$((running + 1))
-    if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
+    "$PYTHON" -m llava.testbed.sweep --model-path "$MODEL_PATH" --ckpt "$CKPT" --sets "$SETS" --out "$OUT" \
+        --regimes $REGIMES --methods $METHODS --ks $KS --batch-size "$BATCH" --device "$DEVICE" \
+        --fastv-layer "$FASTV_LAYER" "${ERANK[@]}" --shard "$i/$JOBS" &
 done
-wait
+status=0
+for ((i = 0; i < JOBS; i++)); do wait -n || status=1; done
+if [ "$status" -ne 0 ]; then echo "error: a sweep process failed (its message is above)" >&2; exit 1; fi
 "$PYTHON" -m llava.testbed.report --results "$OUT" --ckpt "$CKPT" --regimes $REGIMES
