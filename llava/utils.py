@@ -2,6 +2,7 @@
 argument parser every command-line entry point is built with. Torch is imported where it is used, so the
 scorers' --help and start-up stay fast."""
 import argparse
+import logging
 import os
 from contextlib import contextmanager
 
@@ -38,6 +39,26 @@ def torch_init():
     finally:
         for cls, fn in current.items():
             cls.reset_parameters = fn
+
+
+class _DropNotice(logging.Filter):
+    """Drops the log records whose message starts with `prefix`."""
+
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.prefix)
+
+
+_CPU_NOTICE = _DropNotice("Setting accelerator to CPU")
+
+
+def quiet_deepspeed_cpu_notice():
+    """DeepSpeed (imported by transformers' Trainer and save_pretrained when it is installed) warns on every
+    machine without a GPU that it uses the CPU; that is what a CPU run asked for. Drops that one notice."""
+    logging.getLogger("DeepSpeed").addFilter(_CPU_NOTICE)  # a filter added twice is kept once
 
 
 @contextmanager

@@ -200,14 +200,43 @@ def test_tower_training_runs_and_saves_a_loadable_clip_tower(tmp_path):
 
     out = str(tmp_path / "tower")
     torch.manual_seed(0)
-    train_tower(out, steps=2, batch_size=2, width=32, layers=2, log_every=1)
+    model = train_tower(out, steps=2, batch_size=2, width=32, layers=2, log_every=1)
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(os.listdir(out))
     log = json.load(open(os.path.join(out, "training_log.json")))["log"]
     assert len(log) == 2 and all(np.isfinite(e["loss"]) for e in log)
+    assert {"attention", "held_attention_entropy_simple", "held_attention_on_objects"} <= set(log[-1])
     tower = CLIPVisionTower(out, SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
     x = pixels(render(sample_scene(random.Random(0), "complex")))[None]
     feats, attn = tower(x, output_attentions=True)
     assert feats.shape == (1, 576, 32) and attn.shape == (1, 576)
+    # the attention loss trains the row the pruning methods read at inference
+    model.eval()
+    with torch.no_grad():
+        trained_row = model(x)[-1]
+    torch.testing.assert_close(trained_row / trained_row.sum(), attn / attn.sum(), rtol=1e-4, atol=1e-7)
+
+
+def test_tower_attention_target_gives_every_object_one_unit_so_entropy_grows_with_objects():
+    from llava.testbed.tower import GRID, attention_target
+
+    def entropy(p):
+        return float(-(p * p.log()).sum())
+
+    rng = random.Random(1)
+    by_regime = {"simple": [], "complex": []}
+    for regime in ("simple", "complex") * 12:
+        scene = sample_scene(rng, regime)
+        target = attention_target(scene, sigma=1.0, floor=0.15)
+        assert target.shape == (GRID * GRID,) and abs(float(target.sum()) - 1) < 1e-5
+        assert float(target.min()) == pytest.approx(0.15 / 576, rel=1e-4)  # the floor, on the background
+        on = target > 0.15 / 576 * 1.0001
+        # the objects (or the word) hold all but the floor's share
+        assert float(target[on].sum()) == pytest.approx(0.85 + 0.15 * int(on.sum()) / 576, abs=1e-4)
+        by_regime[regime].append((len(scene.objects) + bool(scene.word), entropy(target)))
+    # more objects, more even attention: complex pictures (6-15 objects) well above simple ones (1-2 or a word)
+    mean = {r: np.mean([e for _, e in v]) for r, v in by_regime.items()}
+    assert mean["simple"] + 0.3 < mean["complex"]
+    assert attention_target(sample_scene(random.Random(2), "simple"), floor=0.0).min() == 0
 
 
 def test_base_llm_has_the_worlds_words_as_whole_pieces(tmp_path):

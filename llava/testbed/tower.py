@@ -10,7 +10,14 @@ tokens + CLS), small widths. Objectives, on pictures drawn fresh every step from
 - on every patch token of the select layer (-2, the features LLaVA uses), which shape-and-colour pair is
   under the patch centre (or background), and whether the patch holds an object's centre: so the tokens
   the LLM receives carry what is where, with colour and shape bound together (a pair, not two separate
-  labels, so that the CLS token's attention can pool pairs) and one marked token per object to count.
+  labels, so that the CLS token's attention can pool pairs) and one marked token per object to count;
+- on the select layer's head-averaged CLS->patch attention row (the one FasterVLM, VisPruner and AgilePruner
+  read), a cross-entropy to a target that gives each object (or the printed word) one unit of mass, spread
+  over the patches it covers with a Gaussian weight around its centre (--attn-sigma, in patches), plus an
+  even floor over all patches (--attn-floor). Without it the row is near uniform on simple pictures (a plain
+  background adds nothing to a mean, so the CLS token has no reason to look away from it) and concentrated on
+  complex ones, the reverse of real CLIP; with it the entropy grows with the number of objects, as CLIP's does
+  (about 4.4-4.6 nats on simple datasets, 4.8-4.9 on complex ones).
 Saved with config.json, model.safetensors and preprocessor_config.json (the CLIP-336 preprocessing),
 so `--vision_tower DIR` works for training and loading. The heads are not saved.
 """
@@ -24,14 +31,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from llava.testbed.world import COLOURS, NUMBERS, SHAPES, SIZE, WORDS, draw_object, render, sample_scene
-from llava.utils import entry_parser, torch_init
+from llava.model.multimodal_encoder.clip_encoder import cls_attention_row
+from llava.testbed.world import COLOURS, NUMBERS, SHAPES, SIZE, WORDS, draw_object, draw_word, render, sample_scene
+from llava.utils import entry_parser, progress_bars, quiet_deepspeed_cpu_notice, torch_init
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAIRS = [f"{c} {s}" for s in SHAPES for c in COLOURS]
 TEXTS = list(WORDS + NUMBERS)
 GRID = SIZE // 14
+PATCH_CENTRES = torch.arange(GRID, dtype=torch.float32) * 14 + 7  # pixel coordinate of each patch row/column centre
 
 
 def tower_config(hidden=192, layers=6, heads=6, intermediate=768):
@@ -70,9 +79,38 @@ def patch_labels(scene):
     return pair, centre
 
 
-def batch(rng, size):
+def _cover(paint):
+    """[GRID, GRID]: the share of each patch's pixels that `paint(draw)` covers on a blank mask."""
+    import numpy as np
+
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    paint(ImageDraw.Draw(mask))
+    return torch.from_numpy((np.asarray(mask) > 0).astype("float32").reshape(GRID, 14, GRID, 14).mean(axis=(1, 3)))
+
+
+def attention_target(scene, sigma=1.0, floor=0.15):
+    """[576] distribution for the select layer's CLS->patch attention: one unit of mass per object, over the
+    patches it covers, weighted by a Gaussian of `sigma` patches around its centre (sigma 0: by coverage alone);
+    one unit over the printed word's patches; then mixed with `floor` of the uniform distribution."""
+    total = torch.zeros(GRID, GRID)
+    for obj in scene.objects:
+        weight = _cover(lambda draw: draw_object(draw, obj, fill=255))
+        if sigma > 0:
+            cx, cy = obj.centre
+            d2 = (PATCH_CENTRES[None, :] - cx) ** 2 + (PATCH_CENTRES[:, None] - cy) ** 2
+            weight = weight * torch.exp(-d2 / (2 * (sigma * 14) ** 2))
+        total += weight / weight.sum().clamp(min=1e-12)
+    if scene.word:
+        weight = _cover(lambda draw: draw_word(draw, scene.word, fill=255))
+        total += weight / weight.sum().clamp(min=1e-12)
+    total = total.reshape(-1)
+    total = total / total.sum() if total.sum() > 0 else torch.full_like(total, 1.0 / total.numel())
+    return (1 - floor) * total + floor / total.numel()
+
+
+def batch(rng, size, sigma=1.0, floor=0.15):
     """One training batch drawn from both regimes: pixels and every label."""
-    xs, present, count, text, ppair, pcentre = [], [], [], [], [], []
+    xs, present, count, text, ppair, pcentre, target = [], [], [], [], [], [], []
     for i in range(size):
         scene = sample_scene(rng, "simple" if i % 2 == 0 else "complex")
         xs.append(pixels(render(scene)))
@@ -85,8 +123,9 @@ def batch(rng, size):
         pair, centre = patch_labels(scene)
         ppair.append(pair)
         pcentre.append(centre)
+        target.append(attention_target(scene, sigma, floor))
     return (torch.stack(xs), torch.stack(present), torch.tensor(count), torch.tensor(text), torch.stack(ppair),
-            torch.stack(pcentre))
+            torch.stack(pcentre), torch.stack(target))
 
 
 class TowerWithHeads(torch.nn.Module):
@@ -103,54 +142,77 @@ class TowerWithHeads(torch.nn.Module):
         self.patch_centre = torch.nn.Linear(h, 2)
 
     def forward(self, x):
-        out = self.tower(pixel_values=x, output_hidden_states=True)
+        """The heads' outputs and the select layer's (-2) CLS->patch attention row [B, 576] (head-averaged,
+        computed from that layer's own q/k projections as CLIPVisionTower does at inference)."""
+        attn = getattr(self.tower, "vision_model", self.tower).encoder.layers[-2].self_attn
+        qk = {}
+        hooks = [attn.q_proj.register_forward_hook(lambda m, i, o: qk.__setitem__("q", o)),
+                 attn.k_proj.register_forward_hook(lambda m, i, o: qk.__setitem__("k", o))]
+        try:
+            out = self.tower(pixel_values=x, output_hidden_states=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
         cls = out.pooler_output
         patches = out.hidden_states[-2][:, 1:]
         return (self.present(cls), self.count(cls), self.text(cls), self.patch_pair(patches),
-                self.patch_centre(patches))
+                self.patch_centre(patches), cls_attention_row(attn, qk["q"], qk["k"]))
 
 
-def losses(model, data):
-    x, present, count, text, ppair, pcentre = data
-    p, c, t, pp, pc = model(x)
+def losses(model, data, attn_weight=1.0):
+    x, present, count, text, ppair, pcentre, target = data
+    p, c, t, pp, pc, a = model(x)
+    a = a / a.sum(-1, keepdim=True)  # over the patches only, as llava.pruning.metrics.attention_entropy
+    log_a = torch.log(a.clamp(min=1e-12))
+    entropy = -(a * log_a).sum(-1).detach()
+    on_objects = (a.detach() * (target > target.min(-1, keepdim=True).values)).sum(-1)
     # presence summed over the 36 pairs (a mean over mostly-absent labels is too weak a signal: the CLS
     # head then settles on the label frequencies)
     parts = {"present": F.binary_cross_entropy_with_logits(p, present, reduction="sum") / len(present),
              "count": F.cross_entropy(c, count),
              "text": F.cross_entropy(t, text), "patch_pair": F.cross_entropy(pp.flatten(0, 1), ppair.flatten()),
              # centres are 1 patch in ~40-570: weighted so that marking them is worth learning
-             "patch_centre": F.cross_entropy(pc.flatten(0, 1), pcentre.flatten(), weight=torch.tensor([1.0, 20.0]))}
+             "patch_centre": F.cross_entropy(pc.flatten(0, 1), pcentre.flatten(), weight=torch.tensor([1.0, 20.0])),
+             # the CLS attention row: cross-entropy to attention_target (at best the target's own entropy)
+             "attention": attn_weight * -(target * log_a).sum(-1).mean()}
     metrics = {"present_exact": float(((p > 0) == present.bool()).all(-1).float().mean()),
                "present_f1": float(2 * ((p > 0) & present.bool()).sum() / ((p > 0).sum() + present.sum()).clamp(min=1)),
                "count_acc": float((c.argmax(-1) == count).float().mean()),
                "text_acc": float((t.argmax(-1) == text).float().mean()),
                "pair_acc": float((pp.argmax(-1) == ppair)[ppair > 0].float().mean()),
                "centre_recall": float((pc.argmax(-1) == 1)[pcentre == 1].float().mean()),
-               "centre_precision": float(((pc.argmax(-1) == 1) & (pcentre == 1)).sum() / (pc.argmax(-1) == 1).sum().clamp(min=1))}
+               "centre_precision": float(((pc.argmax(-1) == 1) & (pcentre == 1)).sum() / (pc.argmax(-1) == 1).sum().clamp(min=1)),
+               # batches alternate simple (even) and complex (odd) pictures
+               "attention_entropy_simple": float(entropy[0::2].mean()),
+               "attention_entropy_complex": float(entropy[1::2].mean()),
+               "attention_on_objects": float(on_objects.mean())}
     return sum(parts.values()), parts, metrics
 
 
 def save_tower(tower, out):
     from llava.tools.make_tiny_checkpoint import _image_processor_dict
 
-    tower.save_pretrained(out, safe_serialization=True)
+    quiet_deepspeed_cpu_notice()  # save_pretrained imports DeepSpeed when installed
+    with progress_bars(False):  # a few MB: no bar
+        tower.save_pretrained(out, safe_serialization=True)
     with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
         json.dump(_image_processor_dict(), f, indent=2)
 
 
 @torch_init()
-def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, layers=6, log_every=50):
+def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, layers=6, log_every=50,
+                attn_weight=3.0, attn_sigma=1.0, attn_floor=0.15):
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = TowerWithHeads(tower_config(width, layers, max(1, width // 32), 4 * width))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps)))  # warm-up, cosine
-    held_out = batch(random.Random(seed + 1), 64)
+    held_out = batch(random.Random(seed + 1), 64, attn_sigma, attn_floor)
     log, start = [], time.time()
     for step in range(1, steps + 1):
         model.train()
-        loss, parts, metrics = losses(model, batch(rng, batch_size))
+        loss, parts, metrics = losses(model, batch(rng, batch_size, attn_sigma, attn_floor), attn_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -159,7 +221,7 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
         if step % log_every == 0 or step == steps:
             model.eval()
             with torch.no_grad():
-                _, _, held = losses(model, held_out)
+                _, _, held = losses(model, held_out, attn_weight)
             entry = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                      **{"held_" + k: v for k, v in held.items()}, "minutes": (time.time() - start) / 60}
             log.append(entry)
@@ -168,7 +230,8 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
     save_tower(model.tower, out)
     with open(os.path.join(out, "training_log.json"), "w") as f:
         json.dump({"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "width": width,
-                   "layers": layers, "log": log}, f, indent=1)
+                   "layers": layers, "attn_weight": attn_weight, "attn_sigma": attn_sigma, "attn_floor": attn_floor,
+                   "log": log}, f, indent=1)
     return model
 
 
@@ -181,6 +244,11 @@ def build_parser():
     p.add_argument("--width", type=int, default=192, help="hidden size (one attention head per 32; the MLP 4x)")
     p.add_argument("--layers", type=int, default=6, help="transformer layers")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the pictures drawn")
+    p.add_argument("--attn-weight", type=float, default=3.0,
+                   help="weight of the loss on the select layer's CLS attention row (0: none, the pre-issue-13 tower)")
+    p.add_argument("--attn-sigma", type=float, default=1.0,
+                   help="width (patches) of the Gaussian around each object's centre in that row's target (0: coverage)")
+    p.add_argument("--attn-floor", type=float, default=0.15, help="share of that target spread evenly over all patches")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     return p
 
@@ -189,7 +257,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train_tower(args.out, args.steps, args.batch_size, args.lr, args.seed, args.width, args.layers)
+    train_tower(args.out, args.steps, args.batch_size, args.lr, args.seed, args.width, args.layers,
+                attn_weight=args.attn_weight, attn_sigma=args.attn_sigma, attn_floor=args.attn_floor)
 
 
 if __name__ == "__main__":

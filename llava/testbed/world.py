@@ -193,11 +193,15 @@ def render(scene):
     if scene.objects:
         _mark(image, scene.objects)
     if scene.word:
-        font = ImageFont.load_default(size=110 if len(scene.word) <= 2 else 90)
-        left, top, right, bottom = draw.textbbox((0, 0), scene.word, font=font)
-        draw.text(((SIZE - (right - left)) / 2 - left, (SIZE - (bottom - top)) / 2 - top), scene.word,
-                  fill=(20, 20, 20), font=font)
+        draw_word(draw, scene.word)
     return image
+
+
+def draw_word(draw, word, fill=(20, 20, 20)):
+    """Print `word` centred, in black (or in `fill`, e.g. 255 for a mask)."""
+    font = ImageFont.load_default(size=110 if len(word) <= 2 else 90)
+    left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
+    draw.text(((SIZE - (right - left)) / 2 - left, (SIZE - (bottom - top)) / 2 - top), word, fill=fill, font=font)
 
 
 # ---- language about a scene -----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ non_lora_trainables.bin, or full model), which `llava.model.builder.load_pretrai
 """
 import argparse
 import json
-import logging
 import os
 import pathlib
 import shutil
@@ -30,7 +29,7 @@ from llava.pruning import PruningConfig, add_pruning_args
 from llava.settings import Pruning, describe
 from llava.train.preprocess import TargetMaskError, preprocess, preprocess_multimodal  # noqa: F401 (upstream names)
 from llava.model.compat import quiet_peft
-from llava.utils import torch_init
+from llava.utils import quiet_deepspeed_cpu_notice, torch_init
 
 
 # ---- arguments (upstream names and defaults) ----------------------------------------------------
@@ -460,17 +459,6 @@ def copy_tokenizer_model(trainer, output_dir):
 
 
 # ---- train --------------------------------------------------------------------------------------
-class _DropNotice(logging.Filter):
-    """Drops the log records whose message starts with `prefix`."""
-
-    def __init__(self, prefix):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record):
-        return not str(record.msg).startswith(self.prefix)
-
-
 @torch_init()  # new modules (projector, LoRA) get torch's init even if disable_torch_init() ran in this process
 def train(attn_implementation=None, argv=None):
     """Parse `argv` (default sys.argv[1:]), train, save. Returns the trainer."""
@@ -478,9 +466,7 @@ def train(attn_implementation=None, argv=None):
     from llava.train.llava_trainer import LLaVATrainer
 
     model_args, data_args, training_args, pruning = parse_checked_args(argv)
-    # DeepSpeed (imported by the Trainer when installed) warns on every machine without a GPU that it uses
-    # the CPU; that is what a CPU run asked for.
-    logging.getLogger("DeepSpeed").addFilter(_DropNotice("Setting accelerator to CPU"))
+    quiet_deepspeed_cpu_notice()
     # --seed before the model is built (the Trainer seeds only later), so new weights (projector, LoRA) are
     # the same for the same command, whatever ran before in the process
     transformers.set_seed(training_args.seed)

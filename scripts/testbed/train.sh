@@ -25,6 +25,9 @@ EVAL_IMAGES=${EVAL_IMAGES:-100}
 TOWER_STEPS=${TOWER_STEPS:-2000}
 TOWER_WIDTH=${TOWER_WIDTH:-64}
 TOWER_LAYERS=${TOWER_LAYERS:-4}
+TOWER_ATTN_WEIGHT=${TOWER_ATTN_WEIGHT:-3.0}  # CLS-attention target loss (issue 13); 0 gives the earlier tower
+TOWER_ATTN_SIGMA=${TOWER_ATTN_SIGMA:-1.0}
+TOWER_ATTN_FLOOR=${TOWER_ATTN_FLOOR:-0.15}
 LLM_HIDDEN=${LLM_HIDDEN:-128}
 LLM_LAYERS=${LLM_LAYERS:-3}
 STAGE1_STEPS=${STAGE1_STEPS:-200}
@@ -59,7 +62,8 @@ fi
 t1=$(now)
 if [ ! -f "$TOWER/config.json" ]; then
     $PY -m llava.testbed.tower --out "$TOWER" --steps "$TOWER_STEPS" --batch-size "$BATCH" \
-        --width "$TOWER_WIDTH" --layers "$TOWER_LAYERS" --seed "$SEED"
+        --width "$TOWER_WIDTH" --layers "$TOWER_LAYERS" --seed "$SEED" --attn-weight "$TOWER_ATTN_WEIGHT" \
+        --attn-sigma "$TOWER_ATTN_SIGMA" --attn-floor "$TOWER_ATTN_FLOOR"
     TOWER_S=$(($(now) - t1))
 fi
 t2=$(now)
@@ -85,7 +89,8 @@ IMAGE_FOLDER="$WORK/world/train/images" OUTPUT_DIR="$WORK/llava-testbed-qa" \
 t5=$(now)
 cat > "$TIMINGS" <<JSON
 {"seed": $SEED, "device": "$DEVICE", "train_images": $TRAIN_IMAGES, "batch_size": $BATCH,
- "tower": {"steps": $TOWER_STEPS, "width": $TOWER_WIDTH, "layers": $TOWER_LAYERS},
+ "tower": {"steps": $TOWER_STEPS, "width": $TOWER_WIDTH, "layers": $TOWER_LAYERS,
+           "attn_weight": $TOWER_ATTN_WEIGHT, "attn_sigma": $TOWER_ATTN_SIGMA, "attn_floor": $TOWER_ATTN_FLOOR},
  "llm": {"hidden": $LLM_HIDDEN, "layers": $LLM_LAYERS},
  "stage1": {"steps": $STAGE1_STEPS, "learning_rate": $STAGE1_LR},
  "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR},
