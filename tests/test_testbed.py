@@ -144,6 +144,10 @@ def test_vqa_scoring_normalises_answers(tmp_path):
                {"question_id": 2, "text": "Yes"}, {"question_id": 3, "text": "green"}]
     s = score.vqa_accuracy(truth, answers)
     assert s["counting"] == 100.0 and s["colour"] == 50.0 and s["all"] == 75.0
+    assert s["type_match"] == {"counting": 100.0, "colour": 100.0, "existence": 100.0, "all": 100.0}
+    off = [{"question_id": 0, "text": "Yes"}, {"question_id": 1, "text": "3"}, *answers[2:]]  # wrong kinds
+    assert score.vqa_accuracy(truth, off)["type_match"] == {"counting": 0.0, "colour": 50.0, "existence": 100.0,
+                                                           "all": 50.0}
     with pytest.raises(ValueError, match="question 3 has no answer"):
         score.vqa_accuracy(truth, answers[:3])
 
@@ -168,7 +172,7 @@ def test_score_cli_writes_per_type_score_files(tmp_path):
                        "--ckpt", "c", "--pruning-method", "agile", "--visual-token-num", "64"]) == 0
     colour = json.load(open(tmp_path / "e" / "colour" / "scores" / "c" / "agile" / "k64.json"))
     counting = json.load(open(tmp_path / "e" / "counting" / "scores" / "c" / "agile" / "k64.json"))
-    assert colour["score"] == 100.0 and counting["score"] == 0.0
+    assert colour["score"] == 100.0 and counting["score"] == 0.0 and counting["type_match"] == 100.0
 
 
 def test_patch_labels_mark_the_objects():
@@ -385,3 +389,27 @@ def test_sweep_answers_as_the_eval_entry_points_run_alone(tmp_path):
         assert kept[0] == (576 if method == "none" else 32)  # fastv: tokens left after its cut in the LLM
     # a finished configuration is skipped on a second run
     assert sweep.run_one("complex", "fastv", 32, sets, out, model) is False
+
+
+def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_path):
+    from llava.eval.common import full_prompt, prompt_ids
+    from llava.model.builder import load_pretrained_model
+    from llava.testbed import probe
+
+    model_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "playground", "llava-testbed")
+    tokenizer, model, processor, _ = load_pretrained_model(model_path, None, "llava-testbed", device="cpu",
+                                                           attn_implementation="eager")
+    text = "How many stars are there in the image?" + gen.SHORT
+    prompt = full_prompt("<image>\n" + text, "v1")
+    parts = probe.spans(prompt, text, tokenizer, 576)
+    ids = [i for i in prompt_ids(prompt, tokenizer).tolist() if i >= 0]
+    a, b = parts["question"]
+    assert tokenizer.decode(ids[a - 575:b - 575]).strip() == "How many stars are there in the image?"
+    assert parts["image"][1] - parts["image"][0] == 576 and parts["instruction"][1] == len(ids) + 576
+    world = gen.generate(str(tmp_path / "world"), seed=0, train_images=0, eval_images=2)
+    items = probe.questions(os.path.join(world, "eval"), "simple", 1)
+    shares = probe.attention_shares(model, tokenizer, processor, "v1", items)
+    assert set(shares) == {kind for kind, _, _ in items} and "existence" in shares
+    for per_layer in shares.values():
+        assert len(per_layer) == model.config.num_hidden_layers
+        assert all(abs(sum(row.values()) - 1) < 1e-4 for row in per_layer)  # every position counted once

@@ -20,7 +20,7 @@ from collections import defaultdict
 
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
 from llava.eval.scoring_io import read_jsonl
-from llava.testbed.world import COLOURS, SHAPES, plural
+from llava.testbed.world import COLOURS, NUMBERS, SHAPES, WORDS, plural
 from llava.utils import entry_parser
 
 _normalise = EvalAIAnswerProcessor()
@@ -34,19 +34,33 @@ def normalise(text):
     return _normalise(text.strip().split("\n")[0])
 
 
+# what each question type of the world answers with (answers of the truth file are added to these)
+ANSWER_KINDS = {"colour": [normalise(c) for c in COLOURS], "counting": [str(n) for n in range(0, 21)],
+                "position": ["yes", "no"], "reading": [normalise(w) for w in WORDS + NUMBERS]}
+
+
 def vqa_accuracy(truth, answers):
-    """{type: accuracy %, "all": ..., "counts": {type: n}} for truth rows {question_id, type, answer} and
-    answer rows {question_id, text}. A question without an answer is an error (run the eval to the end)."""
+    """{type: accuracy %, "all": ..., "counts": {type: n}, "type_match": {type: %}} for truth rows
+    {question_id, type, answer} and answer rows {question_id, text}. type_match: the share of answers that
+    are of the kind the question asks for (one of the answers that question type has in the truth file: a
+    number for "How many", a colour for "What colour"; ANSWER_KINDS), right or wrong. A question without an answer is an
+    error (run the eval to the end)."""
     by_id = {a["question_id"]: a["text"] for a in answers}
-    right, total = defaultdict(int), defaultdict(int)
+    kinds = defaultdict(set, {k: set(v) for k, v in ANSWER_KINDS.items()})
+    for t in truth:
+        kinds[t["type"]].add(normalise(t["answer"]))
+    right, total, typed = defaultdict(int), defaultdict(int), defaultdict(int)
     for t in truth:
         if t["question_id"] not in by_id:
             raise ValueError(f"question {t['question_id']} has no answer")
-        ok = normalise(by_id[t["question_id"]]) == normalise(t["answer"])
+        answer = normalise(by_id[t["question_id"]])
+        ok = answer == normalise(t["answer"])
         for key in (t["type"], "all"):
             right[key] += ok
+            typed[key] += answer in kinds[t["type"]]
             total[key] += 1
-    return {**{k: 100.0 * right[k] / total[k] for k in total}, "counts": dict(total)}
+    return {**{k: 100.0 * right[k] / total[k] for k in total}, "counts": dict(total),
+            "type_match": {k: 100.0 * typed[k] / total[k] for k in total}}
 
 
 def shape_mentions(caption):
@@ -98,12 +112,14 @@ def main(argv=None):
             if not args.truth:
                 raise ValueError("vqa needs --truth")
             scores = vqa_accuracy(read_jsonl(args.truth), answers)
-            print(" ".join(f"{k}: {v:.1f}%" for k, v in scores.items() if k != "counts"))
+            print(" ".join(f"{k}: {v:.1f}%" for k, v in scores.items() if k not in ("counts", "type_match")))
+            print("answers of the kind asked: " + " ".join(f"{k}: {v:.1f}%" for k, v in scores["type_match"].items()))
             if args.score_dir:
-                for kind, acc in scores.items():
-                    if kind not in ("counts", "all"):
+                for kind in scores["counts"]:
+                    if kind != "all":
                         write_score(args.score_dir, kind, args.ckpt, args.method, args.k,
-                                    {"score": acc, "questions": scores["counts"][kind]})
+                                    {"score": scores[kind], "questions": scores["counts"][kind],
+                                     "type_match": scores["type_match"][kind]})
         else:
             if not args.objects:
                 raise ValueError("chair needs --objects")

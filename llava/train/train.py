@@ -163,7 +163,6 @@ class LazySupervisedDataset(Dataset):
             self.list_data_dict = json.load(f)
         if not isinstance(self.list_data_dict, list) or not self.list_data_dict:
             raise ValueError(f"{data_path}: expected a non-empty JSON list of samples")
-        rank0_print("Formatting inputs...Skip in lazy mode")
         self.tokenizer = tokenizer
         self.data_args = data_args
 
