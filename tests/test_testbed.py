@@ -356,6 +356,12 @@ def test_sweep_plans_each_methods_testbed_settings():
     assert pdrop[pdrop.index("--pdrop-ratio") + 1] == "0.5"  # last of its 2 stages keeps 576 * 0.5**2 = 144
     assert "--erank-avg" in sweep.pruning_flags("agile", 64, 11.5) and "--erank-avg" not in \
         sweep.pruning_flags("fastervlm", 64, 11.5)
+    mix = sweep.pruning_flags("mix-inverse", 64, 11.5)  # a hybrid's complexity rule, run under its own name
+    assert mix[:2] == ["--pruning-method", "mix"] and mix[mix.index("--complexity-rule") + 1] == "inverse"
+    for bad, says in (("fastervlm-adaptive", "no --complexity-rule"), ("mix-sideways", "takes fixed"),
+                      ("mixx", "unknown method")):
+        with pytest.raises(ValueError, match=says):
+            sweep.split_run(bad)
 
 
 def test_sweep_answers_as_the_eval_entry_points_run_alone(tmp_path):
@@ -413,3 +419,54 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
     for per_layer in shares.values():
         assert len(per_layer) == model.config.num_hidden_layers
         assert all(abs(sum(row.values()) - 1) < 1e-4 for row in per_layer)  # every position counted once
+
+
+def _fake_results(res, accuracy, chair_s, kept_erank):
+    """A results folder as eval.sh writes it: POPE scores from accuracy(regime, method, K), CHAIR_s from
+    chair_s(method), caption answers with erank stats (image erank 10 simple, 20 complex)."""
+    for regime in ("simple", "complex"):
+        runs = [("none", 576)] + [(m, k) for m in ("fastervlm", "divprune", "fps", "agile", "mix", "mix-adaptive",
+                                                   "mix-inverse", "vispruner", "vispruner-adaptive",
+                                                   "vispruner-inverse") for k in (64, 128)]
+        for method, k in runs:
+            score.write_score(str(res / regime), "pope", "tb", method, k, {"score": accuracy(regime, method, k)})
+            score.write_score(str(res / regime), "chair", "tb", method, k, {"score": chair_s(method)})
+            answers = res / regime / "chair" / "answers" / "tb" / method / f"k{k}.jsonl"
+            answers.parent.mkdir(parents=True, exist_ok=True)
+            image = 10.0 if regime == "simple" else 20.0
+            answers.write_text(json.dumps({"question_id": 0, "text": "x", "metadata": {"pruning": {
+                "erank_all": image, "attention_entropy": 4.0, "erank_kept": kept_erank(method) * image}}}) + "\n")
+
+
+def test_claims_are_measured_and_judged_from_the_results(tmp_path):
+    from llava.testbed import claims
+
+    order = {"mix-adaptive": 3, "mix": 2, "mix-inverse": 1, "vispruner-adaptive": 3, "vispruner": 2,
+             "vispruner-inverse": 1}
+
+    def paper(regime, method, k):  # the paper's picture: attention wins simple, diversity complex, agile best
+        if method == "none":
+            return 80.0
+        if method == "agile":
+            return 79.0
+        if method == "fastervlm":
+            return 76.0 if regime == "simple" else 60.0
+        if method in ("divprune", "fps"):
+            return 60.0 if regime == "simple" else 76.0
+        return 65.0 + order[method]
+
+    _fake_results(tmp_path / "a", paper, lambda m: 30.0 if m in ("divprune", "fps") else 10.0,
+                  lambda m: 0.4 if m in ("divprune", "fps") else 0.2)
+    verdicts = [v for _, _, v in claims.evaluate(claims.load(str(tmp_path / "a"), "tb", ["simple", "complex"]))]
+    assert verdicts == ["holds", "holds", "erank: holds; CHAIR: holds", "holds"]
+
+    def reversed_(regime, method, k):  # attention wins everywhere, the rules in reverse order, agile last
+        if method in order:
+            return 65.0 + 4 - order[method]
+        return {"none": 80.0, "agile": 50.0, "fastervlm": 76.0}.get(method, 60.0)
+
+    _fake_results(tmp_path / "b", reversed_, lambda m: 10.0, lambda m: 0.9)
+    rows = claims.evaluate(claims.load(str(tmp_path / "b"), "tb", ["simple", "complex"]))
+    assert [v for _, _, v in rows] == ["does not hold", "does not hold", "erank: does not hold; CHAIR: does not hold",
+                                      "does not hold"]
+    assert "complex: attention 95.0, diversity 75.0" in rows[0][1] and "place 6 of 6" in rows[3][1]

@@ -10,7 +10,8 @@ per image), and writes into <results>:
                            scores, mean erank and CLS-attention entropy of the images, then summarize's
                            full per-benchmark table;
   table.csv                summarize's rows with a regime column;
-  relative_accuracy.png    relative accuracy versus K per method, one panel per regime.
+  relative_accuracy.png    relative accuracy versus K per method, one panel per regime;
+  claims.md                the paper's four claims, measured and judged (llava.testbed.claims).
 """
 import csv
 import io
@@ -20,6 +21,7 @@ import os
 import sys
 
 from llava.eval import summarize as S
+from llava.testbed.claims import markdown
 from llava.utils import entry_parser
 
 
@@ -83,7 +85,10 @@ def report(results, ckpt, regimes):
         writer.writeheader()
         writer.writerows(csv_rows)
     plot(panels, os.path.join(results, "relative_accuracy.png"))
-    return "\n".join(md)
+    claims = "# The paper's claims on this testbed\n\n" + markdown(results, ckpt, regimes)
+    with open(os.path.join(results, "claims.md"), "w", encoding="utf-8") as f:
+        f.write(claims)
+    return "\n".join(md) + "\n" + claims
 
 
 def plot(panels, path):

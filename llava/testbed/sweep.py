@@ -17,6 +17,7 @@ import os
 import sys
 
 from llava.pruning import METHODS
+from llava.pruning.geometry import COMPLEXITY_RULES
 from llava.pruning.methods.sparsevlm import SPARSEVLM_TABLES, SPARSEVLM_V2_TABLES
 from llava.utils import available_cpus, entry_parser
 
@@ -26,9 +27,24 @@ FASTV_LAYER = 1
 TABLES = {"sparsevlm": SPARSEVLM_TABLES, "sparsevlm_v2": SPARSEVLM_V2_TABLES}
 
 
-def pruning_flags(method, k, erank_avg=None, fastv_layer=FASTV_LAYER):
-    """The pruning flags of one configuration on the 3-layer testbed LLM."""
-    flags = ["--pruning-method", method, "--pruning-stats"]
+def split_run(name):
+    """A run name -> (method, complexity rule or None): "mix-adaptive" is mix with --complexity-rule adaptive
+    (method names have no "-")."""
+    method, _, rule = name.partition("-")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} in {name!r} (known: {', '.join(METHODS)})")
+    if rule and "complexity_rule" not in METHODS[method].option_names:
+        raise ValueError(f"{name!r}: {method} has no --complexity-rule")
+    if rule and rule not in COMPLEXITY_RULES:
+        raise ValueError(f"{name!r}: --complexity-rule takes {', '.join(COMPLEXITY_RULES)}")
+    return method, rule or None
+
+
+def pruning_flags(name, k, erank_avg=None, fastv_layer=FASTV_LAYER):
+    """The pruning flags of one configuration (a method, or method-rule for a hybrid's complexity rule) on
+    the 3-layer testbed LLM."""
+    method, rule = split_run(name)
+    flags = ["--pruning-method", method, "--pruning-stats"] + (["--complexity-rule", rule] if rule else [])
     if method == "none":
         return flags
     if method == "fastv":
@@ -53,14 +69,14 @@ def configurations(regimes, methods, ks):
     runs, skipped = [], []
     for regime in regimes:
         runs.append((regime, "none", 576))
-        for method in methods:
+        for name in methods:
+            table = TABLES.get(split_run(name)[0])
             for k in ks:
-                if method in TABLES and k not in TABLES[method]:
+                if table is not None and k not in table:
                     if regime == regimes[0]:
-                        skipped.append((method, k, f"{method} has budget tables for K in "
-                                                   f"{sorted(TABLES[method])} only"))
+                        skipped.append((name, k, f"{name} has budget tables for K in {sorted(table)} only"))
                     continue
-                runs.append((regime, method, k))
+                runs.append((regime, name, k))
     return runs, skipped
 
 
@@ -127,7 +143,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="results folder (answers and scores, eval-script layout)")
     p.add_argument("--regimes", nargs="+", default=["simple", "complex"], help="sub-folders of --sets")
     p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "none"],
-                   help="pruning methods (the unpruned run is always included)")
+                   help="pruning methods (the unpruned run is always included); METHOD-RULE runs a hybrid with "
+                        "--complexity-rule RULE (mix-adaptive, vispruner-inverse)")
     p.add_argument("--ks", nargs="+", type=int, default=list(KS), help="visual-token budgets K")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
@@ -147,9 +164,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         index, count = _shard(args.shard)
-        unknown = [m for m in args.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        for name in args.methods:
+            split_run(name)
         missing = [r for r in args.regimes if not os.path.isdir(os.path.join(args.sets, r))]
         if missing:
             raise FileNotFoundError(f"--sets {args.sets} has no {', '.join(missing)} folder")

@@ -3,12 +3,12 @@
 # (python -m llava.testbed.sweep runs the configurations: the testbed settings of each method are there).
 #
 #   bash scripts/testbed/eval.sh                       # all methods, K in 32 64 128 192, both regimes
-#   METHODS="agile fastervlm" KS="64" bash scripts/testbed/eval.sh
+#   METHODS="agile fastervlm mix-adaptive" KS="64" bash scripts/testbed/eval.sh   (METHOD-RULE: --complexity-rule RULE)
 #
 # Per regime: POPE (random/popular/adversarial, F1 averaged) + colour, counting, position, reading accuracy
 # + CHAIR_s on "Describe the image." captions. Answers and scores go to $OUT/<regime>/<bench>/{answers,scores}/
 # $CKPT/<method>/k<K>.* (the eval-script layout; finished runs are skipped, interrupted ones resume), and
-# `python -m llava.testbed.report` writes $OUT/table.md, $OUT/table.csv and $OUT/relative_accuracy.png.
+# `python -m llava.testbed.report` writes $OUT/table.md, table.csv, relative_accuracy.png and claims.md.
 # Environment: MODEL_PATH (default ./playground/llava-testbed), WORLD (eval sets; generated with seed 0 if
 # missing), IMAGES (only the questions about the first IMAGES pictures of each regime; default all 100), OUT, REGIMES, METHODS, KS, BATCH (prompts per generate call), DEVICE (cpu), FASTV_LAYER (1 of the
 # testbed LLM's 3 layers), ERANK_AVG (default: the checkpoint's erank_calibration.json), PYTHON, JOBS (runs in
@@ -21,7 +21,7 @@ CKPT=${CKPT:-$(basename "$MODEL_PATH")}
 WORLD=${WORLD:-./playground/data/testbed/world}
 OUT=${OUT:-./playground/data/testbed/results}
 REGIMES=${REGIMES:-simple complex}
-METHODS=${METHODS:-fastv pdrop sparsevlm sparsevlm_v2 dart fastervlm random fps divprune visionzip prumerge prumerge_plus holov fopru vispruner mix agile}
+METHODS=${METHODS:-fastv pdrop sparsevlm sparsevlm_v2 dart fastervlm random fps divprune visionzip prumerge prumerge_plus holov fopru vispruner vispruner-adaptive vispruner-inverse mix mix-adaptive mix-inverse agile}
 KS=${KS:-32 64 128 192}
 BATCH=${BATCH:-16}
 DEVICE=${DEVICE:-cpu}
