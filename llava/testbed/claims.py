@@ -36,8 +36,13 @@ def load(results, ckpt, regimes):
     out = {}
     for regime in regimes:
         _, rows, stats = S.summarize(os.path.join(results, regime), ckpt)
-        out[regime] = ({(r["method"], r["K"]): r for r in rows}, stats, image_stats(results, regime, ckpt)[0])
+        out[regime] = regime_data(rows, stats, image_stats(results, regime, ckpt)[0])
     return out
+
+
+def regime_data(rows, stats, image_erank):
+    """One regime's entry of load()'s dict, from llava.eval.summarize's rows and stats."""
+    return {(r["method"], r["K"]): r for r in rows}, stats, image_erank
 
 
 def _acc(data, regime, method):
@@ -116,8 +121,8 @@ def evaluate(data):
     return out
 
 
-def markdown(results, ckpt="llava-testbed", regimes=("simple", "complex")):
-    data = load(results, ckpt, [r for r in regimes if os.path.isdir(os.path.join(results, r))])
+def markdown(data):
+    """The claims table (markdown) for load()'s dict."""
     lines = ["| claim | measured | verdict |", "|---|---|---|"]
     lines += [f"| {c} | {m} | {v} |" for c, m, v in evaluate(data)]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,6 @@ and the last words alone (the first testbed answered "How many stars ...?" with 
 answer position is the last prompt token (the one whose output is the first answer token); attention is
 averaged over heads and questions, unpruned, eager attention.
 """
-import json
 import os
 import sys
 from collections import defaultdict
@@ -69,12 +68,12 @@ def attention_shares(model, tokenizer, processor, conv_mode, items):
 def questions(sets, regime, per_type):
     """(type, image path, question) of the regime's short-answer questions and POPE's random split, at most
     per_type of each type."""
+    from llava.eval.scoring_io import read_jsonl
+
     folder = os.path.join(sets, regime)
-    rows = []
-    with open(os.path.join(folder, "vqa", "questions.jsonl")) as f:
-        rows += [json.loads(x) for x in f if x.strip()]
-    with open(os.path.join(folder, "pope", "llava_pope_test.jsonl")) as f:
-        rows += [{**q, "category": "existence"} for q in map(json.loads, f) if q["category"] == "random"]
+    rows = read_jsonl(os.path.join(folder, "vqa", "questions.jsonl"), "question file")
+    rows += [{**q, "category": "existence"} for q in read_jsonl(os.path.join(folder, "pope", "llava_pope_test.jsonl"),
+                                                                 "POPE question file") if q["category"] == "random"]
     taken = defaultdict(int)
     out = []
     for q in rows:

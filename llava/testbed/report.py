@@ -21,7 +21,7 @@ import os
 import sys
 
 from llava.eval import summarize as S
-from llava.testbed.claims import markdown
+from llava.testbed import claims
 from llava.utils import entry_parser
 
 
@@ -60,11 +60,12 @@ def compact(rows, benches):
 
 
 def report(results, ckpt, regimes):
-    md, csv_rows, panels = [], [], []
+    md, csv_rows, panels, data = [], [], [], {}
     for regime in regimes:
         benches, rows, stats = S.summarize(os.path.join(results, regime), ckpt)
         base = next((r for r in rows if r["method"] == "none"), None)
         erank, entropy, n = image_stats(results, regime, ckpt)
+        data[regime] = claims.regime_data(rows, stats, erank)
         md += [f"## {regime}", "",
                f"Images: {n}; mean erank of the 576 visual tokens {erank:.1f}, mean CLS-attention entropy "
                f"{entropy:.2f} nats.", ""]
@@ -85,10 +86,10 @@ def report(results, ckpt, regimes):
         writer.writeheader()
         writer.writerows(csv_rows)
     plot(panels, os.path.join(results, "relative_accuracy.png"))
-    claims = "# The paper's claims on this testbed\n\n" + markdown(results, ckpt, regimes)
+    judged = "# The paper's claims on this testbed\n\n" + claims.markdown(data)
     with open(os.path.join(results, "claims.md"), "w", encoding="utf-8") as f:
-        f.write(claims)
-    return "\n".join(md) + "\n" + claims
+        f.write(judged)
+    return "\n".join(md) + "\n" + judged
 
 
 def plot(panels, path):

@@ -98,30 +98,26 @@ def run_one(regime, method, k, sets, out, model_path, ckpt="llava-testbed", batc
         return False
     gen = ["--model-path", model_path, "--device", device, "--batch-size", str(batch), "--num-workers", "0",
            "--temperature", "0"] + pruning_flags(method, k, erank_avg, fastv_layer)
-    pope_answers = os.path.join(res, "pope", "answers", run + ".jsonl")
-    _ok(model_vqa_loader.main(gen + ["--max-new-tokens", "8", "--question-file",
-                                     os.path.join(data, "pope", "llava_pope_test.jsonl"),
-                                     "--image-folder", os.path.join(data, "images"), "--answers-file", pope_answers]),
-        f"{regime} {method} K={k}: POPE answers")
+    named = ["--score-dir", res, "--ckpt", ckpt, "--pruning-method", method, "--visual-token-num", str(k)]
+
+    def answer(entry, bench, questions, max_new_tokens, what):
+        """Run generator `entry` on data/bench/questions; the answers file's path."""
+        answers = os.path.join(res, bench, "answers", run + ".jsonl")
+        _ok(entry.main(gen + ["--max-new-tokens", str(max_new_tokens), "--question-file",
+                              os.path.join(data, bench, questions), "--image-folder", os.path.join(data, "images"),
+                              "--answers-file", answers]), f"{regime} {method} K={k}: {what}")
+        return answers
+
+    pope_answers = answer(model_vqa_loader, "pope", "llava_pope_test.jsonl", 8, "POPE answers")
     write_score_file(eval_pope.pope_scores(os.path.join(data, "pope", "coco"),
                                            os.path.join(data, "pope", "llava_pope_test.jsonl"), pope_answers),
                      os.path.join(res, "pope", "scores", run + ".json"))
-    vqa_answers = os.path.join(res, "vqa", "answers", run + ".jsonl")
-    _ok(model_vqa_loader.main(gen + ["--max-new-tokens", "8", "--question-file",
-                                     os.path.join(data, "vqa", "questions.jsonl"),
-                                     "--image-folder", os.path.join(data, "images"), "--answers-file", vqa_answers]),
-        f"{regime} {method} K={k}: question answers")
-    _ok(score.main(["vqa", "--truth", os.path.join(data, "vqa", "truth.jsonl"), "--result-file", vqa_answers,
-                    "--score-dir", res, "--ckpt", ckpt, "--pruning-method", method, "--visual-token-num", str(k)]),
-        f"{regime} {method} K={k}: question scores")
-    captions = os.path.join(res, "chair", "answers", run + ".jsonl")
-    _ok(model_caption.main(gen + ["--max-new-tokens", "64", "--question-file",
-                                  os.path.join(data, "chair", "questions.jsonl"),
-                                  "--image-folder", os.path.join(data, "images"), "--answers-file", captions]),
-        f"{regime} {method} K={k}: captions")
-    _ok(score.main(["chair", "--objects", os.path.join(data, "chair", "objects.json"), "--cap-file", captions,
-                    "--score-dir", res, "--ckpt", ckpt, "--pruning-method", method, "--visual-token-num", str(k)]),
-        f"{regime} {method} K={k}: CHAIR scores")
+    vqa_answers = answer(model_vqa_loader, "vqa", "questions.jsonl", 8, "question answers")
+    _ok(score.main(["vqa", "--truth", os.path.join(data, "vqa", "truth.jsonl"), "--result-file", vqa_answers]
+                   + named), f"{regime} {method} K={k}: question scores")
+    captions = answer(model_caption, "chair", "questions.jsonl", 64, "captions")
+    _ok(score.main(["chair", "--objects", os.path.join(data, "chair", "objects.json"), "--cap-file", captions]
+                   + named), f"{regime} {method} K={k}: CHAIR scores")
     return True
 
 
