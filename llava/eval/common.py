@@ -460,7 +460,20 @@ class QuestionDataset(torch.utils.data.Dataset):
 
 
 def _collate(batch):
-    return batch
+    """A batch stays a list. In a DataLoader worker the tensors go back as numpy arrays, pickled through the
+    result queue's pipe: torch hands tensors over by file descriptor instead, and a main process interrupted
+    (Ctrl-C) during that hand-over left the worker printing a traceback on the user's terminal."""
+    if torch.utils.data.get_worker_info() is None:
+        return batch
+    return [e if isinstance(e, Exception) else (e[0].numpy(), None if e[1] is None else e[1].numpy(), *e[2:])
+            for e in batch]
+
+
+def _from_worker(entry):
+    """Undo _collate's numpy hand-over (no copy); entries built in the main process pass unchanged."""
+    if isinstance(entry, Exception) or isinstance(entry[0], torch.Tensor):
+        return entry
+    return (torch.from_numpy(entry[0]), None if entry[1] is None else torch.from_numpy(entry[1]), *entry[2:])
 
 
 def answer_questions(items, args, model, tokenizer, processor, model_name, conv_mode, answers,
@@ -481,6 +494,7 @@ def answer_questions(items, args, model, tokenizer, processor, model_name, conv_
                                          collate_fn=_collate)
     with tqdm(total=len(todo), desc=desc, disable=None) as bar:
         for batch in loader:
+            batch = [_from_worker(e) for e in batch]
             for entry in batch:
                 if isinstance(entry, Exception):
                     raise entry
