@@ -3,7 +3,7 @@ pictures of the shapes world, with and without visual-token pruning, through the
 `python -m llava.serve.cli` (ChatSession).
 
 Prints, for one simple and one complex picture, each question with its true answer and the answers
-unpruned and pruned; then the accuracy of a few methods at K tokens on a small fixed question set from
+unpruned and pruned, and the picture's description unpruned and pruned; then the accuracy of a few methods at K tokens on a small fixed question set from
 both regimes; and saves which patches each method keeps on the complex picture to
 <out>/kept_tokens.png (one panel per method).
 """
@@ -23,11 +23,12 @@ def questions_about(scene, rng):
     return pairs + [(q + SHORT, a) for _, q, a in vqa_questions(scene, rng)]
 
 
-def answer(model, tokenizer, processor, image, question, pruning):
+def answer(model, tokenizer, processor, image, question, pruning, max_new_tokens=8):
     from llava.serve.cli import ChatSession
 
     model.set_pruning(pruning)
-    session = ChatSession(tokenizer, model, processor, image, "vicuna_v1", temperature=0.0, max_new_tokens=8)
+    session = ChatSession(tokenizer, model, processor, image, "vicuna_v1", temperature=0.0,
+                          max_new_tokens=max_new_tokens)
     return session.ask(question)
 
 
@@ -63,6 +64,7 @@ def main(argv=None):
     from llava.tools.common import model_view, pruning_inputs
     from llava.tools.visualize import contact_sheet, render_panel
     from llava.testbed import calibrated_erank_avg
+    from llava.testbed.generate import DESCRIBE
     from llava.testbed.score import normalise
     from llava.testbed.world import render, sample_scene
 
@@ -89,6 +91,8 @@ def main(argv=None):
             full = answer(model, tokenizer, processor, image, q, None)
             cut = answer(model, tokenizer, processor, image, q, pruned)
             print(f"  {q.split(chr(10))[0]:<50} {truth:>6} {full:>9} {cut:>10}")
+        for label, cfg in (("unpruned", None), (f"{pruned.method}@{pruned.visual_token_num}", pruned)):
+            print(f"  {DESCRIBE} ({label}): {answer(model, tokenizer, processor, image, DESCRIBE, cfg, 64)}")
 
     # accuracy of a few methods on a small fixed question set from both regimes
     rng = random.Random(7)

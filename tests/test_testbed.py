@@ -318,13 +318,35 @@ def test_qa_conversations_are_short_answers_about_the_picture(world):
     for sample, scene in zip(data, scenes):
         conv = sample["conversations"]
         assert sample["image"] == scene["image"] and conv[0]["value"].startswith("<image>\n")
-        assert sum("<image>" in t["value"] for t in conv) == 1 and 2 <= len(conv) <= 8
+        assert sum("<image>" in t["value"] for t in conv) == 1 and 2 <= len(conv) <= 10
         for q, a in zip(conv[::2], conv[1::2]):
+            if q["value"].replace("<image>\n", "") == gen.DESCRIBE:  # the caption names every object
+                assert all(f"{o['colour']} {o['shape']}" in a["value"] for o in scene["objects"])
+                continue
             assert q["from"] == "human" and q["value"].endswith(gen.SHORT) and len(a["value"].split()) == 1
             m = re.match(r"(?:<image>\n)?Is there an? (\w+ \w+) in the image\?", q["value"])
             if m:  # existence answers are true of the scene
                 names = {f"{o['colour']} {o['shape']}" for o in scene["objects"]}
                 assert a["value"] == ("Yes" if m.group(1) in names else "No")
+
+
+def test_qa_conversations_carry_a_caption_turn_in_the_share_asked():
+    """Stage 3 keeps some captions, so "Describe the image." still gets a description after it."""
+    import random
+
+    from llava.testbed.world import caption, sample_scene
+
+    rng = random.Random(3)
+    scenes = [sample_scene(rng, regime) for regime in ("simple", "complex") * 20]
+    for share, expected in ((0.0, 0), (1.0, len(scenes))):
+        convs = [gen.qa_conversation(s, random.Random(i), caption_share=share) for i, s in enumerate(scenes)]
+        found = [(i, t) for i, c in enumerate(convs) for t in range(0, len(c), 2)
+                 if c[t]["value"].replace("<image>\n", "") == gen.DESCRIBE]
+        assert len(found) == expected
+        assert all(convs[i][t + 1]["value"] == caption(scenes[i]) for i, t in found)
+    convs = [gen.qa_conversation(s, random.Random(i)) for i, s in enumerate(scenes * 10)]
+    share = sum(any(t["value"].replace("<image>\n", "") == gen.DESCRIBE for t in c) for c in convs) / len(convs)
+    assert 0.1 < share < 0.3
 
 
 def test_subset_keeps_the_questions_about_the_first_pictures(world, tmp_path):

@@ -5,7 +5,7 @@
 Writes
   DIR/train/images/*.png, DIR/train/pretrain.json (stage 1: caption per image, for the `plain` template),
   DIR/train/finetune.json (stage 2: multi-turn questions of every type, `v1` template),
-  DIR/train/qa.json (stage 3: 4 short-answer turns per image, no captions: see qa_conversation),
+  DIR/train/qa.json (stage 3: 4 short-answer turns per image, a caption in one of five: see qa_conversation),
   DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
   DIR/eval/<simple|complex>/ for each regime:
     images/*.png, scenes.jsonl (the truth about each picture),
@@ -105,17 +105,22 @@ def training_conversation(scene, rng):
     return conv
 
 
-def qa_conversation(scene, rng, turns=4):
-    """Short-answer turns only (existence yes and no, colour, counting, position, reading), image first.
-    The testbed's third stage trains on these: without the long captions, which are most of stage 2's
-    supervised tokens, the gradient goes to reading the question and finding its object."""
+def qa_conversation(scene, rng, turns=4, caption_share=0.2):
+    """Short-answer turns (existence yes and no, colour, counting, position, reading), image first, and in
+    `caption_share` of the conversations one more turn, "Describe the image." with the full caption.
+    The testbed's third stage trains on these: with few of the long captions, which are most of stage 2's
+    supervised tokens, the gradient goes to reading the question and finding its object; with none, the
+    model forgets how to describe (one word or nothing), and CHAIR measures nothing."""
     pairs = existence(scene, rng, "random", None)
     yes, no = [p for p in pairs if p[1] == "yes"], [p for p in pairs if p[1] == "no"]
     candidates = [(existence_text(n) + SHORT, a.capitalize()) for n, a in yes[:1] + no[:1]]
     candidates += [(q + SHORT, a.capitalize() if a.isalpha() else a) for _, q, a in vqa_questions(scene, rng)]
     rng.shuffle(candidates)
+    candidates = candidates[:turns]
+    if rng.random() < caption_share:
+        candidates.insert(rng.randint(0, len(candidates)), (DESCRIBE, caption(scene)))
     conv = []
-    for i, (q, a) in enumerate(candidates[:turns]):
+    for i, (q, a) in enumerate(candidates):
         conv += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
     return conv
 
