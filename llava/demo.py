@@ -3,9 +3,9 @@ pictures of the shapes world, with and without visual-token pruning, through the
 `python -m llava.serve.cli` (ChatSession).
 
 Prints, for one simple and one complex picture, each question with its true answer and the answers
-unpruned and pruned, and the picture's description unpruned and pruned; then the accuracy of a few methods at K tokens on a small fixed question set from
-both regimes; and saves which patches each method keeps on the complex picture to
-<out>/kept_tokens.png (one panel per method).
+unpruned and pruned, and the picture's description unpruned and pruned; then the accuracy of a few
+methods at K tokens on a small fixed question set from both regimes; and saves which patches each method
+keeps on the complex picture to <out>/kept_tokens.png (one panel per method).
 """
 import os
 import random

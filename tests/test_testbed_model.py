@@ -113,7 +113,8 @@ def test_the_model_describes_pictures_naming_only_objects_in_them(subset, tmp_pa
     for regime in ("simple", "complex"):
         d = os.path.join(root, "world", "eval", regime)
         questions = tmp_path / f"{regime}.jsonl"
-        questions.write_text("".join(json.dumps(q) + "\n" for q in rows(os.path.join(d, "chair", "questions.jsonl"))[:8]))
+        asked = rows(os.path.join(d, "chair", "questions.jsonl"))[:8]
+        questions.write_text("".join(json.dumps(q) + "\n" for q in asked))
         answers = tmp_path / f"{regime}-captions.jsonl"
         code = model_caption.main(["--model-path", MODEL, "--question-file", str(questions), "--image-folder",
                                    os.path.join(d, "images"), "--answers-file", str(answers), "--device", "cpu",

@@ -32,7 +32,7 @@ def list_images(folder, max_images=None):
 
 def calibrate(model, processor, files):
     per_image = []
-    for path in tqdm(files, desc="erank", unit="img"):
+    for path in tqdm(files, desc="erank", unit="img", disable=None):  # no bar in a log file
         features, attention = pruning_inputs(model, processor, load_image(path))
         per_image.append({"image": path, "erank": effective_rank(features).mean().item(),
                           "attention_entropy": attention_entropy(attention).mean().item()})
