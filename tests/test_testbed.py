@@ -311,6 +311,11 @@ def test_report_tables_and_plot_per_regime(tmp_path):
     assert table[0].startswith("regime,method,K") and sum(line.startswith("complex,") for line in table) == 4
 
 
+def describes(turn):
+    """The turn asks "Describe the image." (with or without the image token before it)."""
+    return turn["value"].replace("<image>\n", "") == gen.DESCRIBE
+
+
 def test_qa_conversations_are_short_answers_about_the_picture(world):
     data = json.load(open(os.path.join(world, "train", "qa.json")))
     scenes = rows(os.path.join(world, "train", "tower.jsonl"))
@@ -320,7 +325,7 @@ def test_qa_conversations_are_short_answers_about_the_picture(world):
         assert sample["image"] == scene["image"] and conv[0]["value"].startswith("<image>\n")
         assert sum("<image>" in t["value"] for t in conv) == 1 and 2 <= len(conv) <= 10
         for q, a in zip(conv[::2], conv[1::2]):
-            if q["value"].replace("<image>\n", "") == gen.DESCRIBE:  # the caption names every object
+            if describes(q):  # the caption names every object
                 assert all(f"{o['colour']} {o['shape']}" in a["value"] for o in scene["objects"])
                 continue
             assert q["from"] == "human" and q["value"].endswith(gen.SHORT) and len(a["value"].split()) == 1
@@ -340,12 +345,11 @@ def test_qa_conversations_carry_a_caption_turn_in_the_share_asked():
     scenes = [sample_scene(rng, regime) for regime in ("simple", "complex") * 20]
     for share, expected in ((0.0, 0), (1.0, len(scenes))):
         convs = [gen.qa_conversation(s, random.Random(i), caption_share=share) for i, s in enumerate(scenes)]
-        found = [(i, t) for i, c in enumerate(convs) for t in range(0, len(c), 2)
-                 if c[t]["value"].replace("<image>\n", "") == gen.DESCRIBE]
+        found = [(i, t) for i, c in enumerate(convs) for t in range(0, len(c), 2) if describes(c[t])]
         assert len(found) == expected
         assert all(convs[i][t + 1]["value"] == caption(scenes[i]) for i, t in found)
     convs = [gen.qa_conversation(s, random.Random(i)) for i, s in enumerate(scenes * 10)]
-    share = sum(any(t["value"].replace("<image>\n", "") == gen.DESCRIBE for t in c) for c in convs) / len(convs)
+    share = sum(any(describes(t) for t in c) for c in convs) / len(convs)
     assert 0.1 < share < 0.3
 
 

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import shortuuid
 import torch
 
@@ -465,15 +466,13 @@ def _collate(batch):
     (Ctrl-C) during that hand-over left the worker printing a traceback on the user's terminal."""
     if torch.utils.data.get_worker_info() is None:
         return batch
-    return [e if isinstance(e, Exception) else (e[0].numpy(), None if e[1] is None else e[1].numpy(), *e[2:])
-            for e in batch]
+    return [_convert(e, torch.Tensor, torch.Tensor.numpy) for e in batch]
 
 
-def _from_worker(entry):
-    """Undo _collate's numpy hand-over (no copy); entries built in the main process pass unchanged."""
-    if isinstance(entry, Exception) or isinstance(entry[0], torch.Tensor):
-        return entry
-    return (torch.from_numpy(entry[0]), None if entry[1] is None else torch.from_numpy(entry[1]), *entry[2:])
+def _convert(entry, kind, to):
+    """A dataset entry with each field of type `kind` passed through `to`; an error entry unchanged.
+    (_collate sends tensors as numpy arrays; answer_questions turns them back, without a copy.)"""
+    return entry if isinstance(entry, Exception) else tuple(to(x) if isinstance(x, kind) else x for x in entry)
 
 
 def answer_questions(items, args, model, tokenizer, processor, model_name, conv_mode, answers,
@@ -494,7 +493,7 @@ def answer_questions(items, args, model, tokenizer, processor, model_name, conv_
                                          collate_fn=_collate)
     with tqdm(total=len(todo), desc=desc, disable=None) as bar:
         for batch in loader:
-            batch = [_from_worker(e) for e in batch]
+            batch = [_convert(e, np.ndarray, torch.from_numpy) for e in batch]
             for entry in batch:
                 if isinstance(entry, Exception):
                     raise entry
