@@ -24,6 +24,9 @@ def test_calibrate_writes_erank_avg(tiny_checkpoint, folder, tmp_path, capsys):
     assert result["num_images"] == 2 and len(result["per_image"]) == 2
     assert 1 <= result["erank_avg"] <= 576
     assert result["erank_avg"] == pytest.approx(sum(r["erank"] for r in result["per_image"]) / 2)
+    # images named relative to the folder, recorded once: the file reads the same wherever the folder lives
+    assert result["image_folder"] == str(folder)
+    assert [r["image"] for r in result["per_image"]] == ["a.png", "b.jpg"]
     assert "erank_avg =" in capsys.readouterr().out
 
 

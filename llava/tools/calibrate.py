@@ -30,11 +30,14 @@ def list_images(folder, max_images=None):
     return files[:max_images] if max_images else files
 
 
-def calibrate(model, processor, files):
+def calibrate(model, processor, files, folder=None):
+    """erank_avg and its spread over `files`; each image is named relative to `folder` when given, so the
+    record reads the same on every machine the folder is copied to."""
     per_image = []
     for path in tqdm(files, desc="erank", unit="img", disable=None):  # no bar in a log file
         features, attention = pruning_inputs(model, processor, load_image(path))
-        per_image.append({"image": path, "erank": effective_rank(features).mean().item(),
+        name = os.path.relpath(path, folder) if folder else path
+        per_image.append({"image": name, "erank": effective_rank(features).mean().item(),
                           "attention_entropy": attention_entropy(attention).mean().item()})
     eranks = [r["erank"] for r in per_image]
     return {
@@ -63,7 +66,8 @@ def main(argv=None):
     try:
         files = list_images(args.image_folder, args.max_images)
         model, processor = load_for_tools(args)
-        result = {"model_path": args.model_path, **calibrate(model, processor, files)}
+        result = {"model_path": args.model_path, "image_folder": args.image_folder,
+                  **calibrate(model, processor, files, args.image_folder)}
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
