@@ -5,7 +5,7 @@
 Writes
   DIR/train/images/*.png, DIR/train/pretrain.json (stage 1: caption per image, for the `plain` template),
   DIR/train/finetune.json (stage 2: multi-turn questions of every type, `v1` template),
-  DIR/train/qa.json (stage 3: 4 short-answer turns per image, a caption in one of five: see qa_conversation),
+  DIR/train/qa.json (stage 3: 4 short-answer turns per image, a caption in one of ten: see qa_conversation),
   DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
   DIR/eval/<simple|complex>/ for each regime:
     images/*.png, scenes.jsonl (the truth about each picture),
@@ -105,7 +105,7 @@ def training_conversation(scene, rng):
     return conv
 
 
-def qa_conversation(scene, rng, turns=4, caption_share=0.2):
+def qa_conversation(scene, rng, turns=4, caption_share=0.1):
     """Short-answer turns (existence yes and no, colour, counting, position, reading), image first, and in
     `caption_share` of the conversations one more turn, "Describe the image." with the full caption.
     The testbed's third stage trains on these: with few of the long captions, which are most of stage 2's
@@ -219,19 +219,23 @@ def subset_eval(src, dst, images):
     return dst
 
 
-def generate(out, seed=0, train_images=6000, eval_images=100):
+def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1):
     """Write the whole world under `out` (see the module docstring)."""
+    if not 0.0 <= caption_share <= 1.0:
+        raise ValueError(f"--caption-share is the share of stage-3 conversations with a caption: it must be "
+                         f"between 0 and 1, got {caption_share}")
     rng = random.Random(seed)
     scenes = generate_train(out, train_images, random.Random(rng.randint(0, 2**31)))
     for regime in ("simple", "complex"):
         generate_eval(out, regime, eval_images, random.Random(rng.randint(0, 2**31)))
     qa_rng = random.Random(rng.randint(0, 2**31))  # drawn last: the files above do not depend on it
     write_json(os.path.join(out, "train", "qa.json"),
-               [{"id": f"tb{i:06d}", "image": f"{i:06d}.png", "conversations": qa_conversation(s, qa_rng)}
+               [{"id": f"tb{i:06d}", "image": f"{i:06d}.png",
+                 "conversations": qa_conversation(s, qa_rng, caption_share=caption_share)}
                 for i, s in enumerate(scenes)])
     with open(os.path.join(out, "world.json"), "w") as f:
-        json.dump({"seed": seed, "train_images": train_images, "eval_images": eval_images, "shapes": SHAPES,
-                   "colours": list(COLOURS)}, f)
+        json.dump({"seed": seed, "train_images": train_images, "eval_images": eval_images,
+                   "caption_share": caption_share, "shapes": SHAPES, "colours": list(COLOURS)}, f)
     return out
 
 
@@ -241,12 +245,17 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="everything written is a function of this seed")
     p.add_argument("--train-images", type=int, default=6000, help="training pictures, half from each regime")
     p.add_argument("--eval-images", type=int, default=100, help="eval pictures per regime")
+    p.add_argument("--caption-share", type=float, default=0.1,
+                   help="share of the stage-3 conversations (train/qa.json) with a \"Describe the image.\" turn")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    generate(args.out, args.seed, args.train_images, args.eval_images)
+    try:
+        generate(args.out, args.seed, args.train_images, args.eval_images, args.caption_share)
+    except ValueError as e:
+        raise SystemExit(f"llava.testbed.generate: {e}") from None
     print(f"testbed world written to {args.out}")
 
 
