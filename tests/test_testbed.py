@@ -462,6 +462,32 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
         assert all(abs(sum(row.values()) - 1) < 1e-4 for row in per_layer)  # every position counted once
 
 
+def test_column_readout_finds_where_patches_are_only_when_their_tokens_say_it(tmp_path):
+    """The probe's position read-out: tokens that carry their column are read back (R^2 ~1, every pair of
+    objects ordered right); tokens that carry nothing about where they are read back at chance."""
+    from llava.testbed import probe
+
+    world = gen.generate(str(tmp_path / "world"), seed=0, train_images=0, eval_images=10)
+    regime = os.path.join(world, "eval", "complex")
+    column_one_hot = torch.eye(24).repeat(24, 1)  # patch p -> one-hot of p % 24, row-major like the tower
+
+    def placed(images):
+        return column_one_hot[None].repeat(len(images), 1, 1) + 0.01 * torch.randn(len(images), 576, 24)
+
+    def unplaced(images):
+        return torch.randn(len(images), 576, 24)
+
+    torch.manual_seed(0)
+    got = probe.column_readout(placed, regime)
+    right, pairs = got["left_of"]
+    assert got["patches"] > 0.99 and got["centres"] > 0.95 and pairs > 10 and right == pairs
+    got = probe.column_readout(unplaced, regime)
+    right, pairs = got["left_of"]
+    assert got["patches"] < 0.05 and got["centres"] < 0.3 and right < 0.75 * pairs
+    with pytest.raises(ValueError, match="held out"):
+        probe.column_readout(placed, regime, held_out=0.0)
+
+
 def _fake_results(res, accuracy, chair_s, kept_erank):
     """A results folder as eval.sh writes it: POPE scores from accuracy(regime, method, K), CHAIR_s from
     chair_s(method), caption answers with erank stats (image erank 10 simple, 20 complex)."""

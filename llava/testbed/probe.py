@@ -7,6 +7,12 @@ A model that reads the question puts a visible share of its attention there; one
 and the last words alone (the first testbed answered "How many stars ...?" with "Yes") does not. The
 answer position is the last prompt token (the one whose output is the first answer token); attention is
 averaged over heads and questions, unpruned, eager attention.
+
+It also measures whether the patch tokens the LLM receives (tower select layer + projector) say where they
+are: a ridge map fitted on 70% of each regime's eval pictures reads every patch's column (0 = left edge),
+scored on the others (R^2 over all patches and over object-centre patches, and how often it orders two
+objects more than 30 px apart as the position questions do). The LLM also gets the tokens' order, but
+that counts row by row, so a column is only there as the order modulo 24.
 """
 import os
 import sys
@@ -83,6 +89,55 @@ def questions(sets, regime, per_type):
     return out
 
 
+def column_readout(features, regime_dir, held_out=0.3, lam=1.0, batch=20):
+    """{"patches": R^2, "centres": R^2, "left_of": (ordered right, pairs)} of a ridge map (penalty lam) from
+    a patch token to its column, fitted on all patches of the first 1 - held_out of the regime's pictures
+    and scored on the rest. features(list of PIL images) -> [B, P, D] patch tokens on a square grid."""
+    from PIL import Image
+
+    from llava.eval.scoring_io import read_jsonl
+
+    scenes = read_jsonl(os.path.join(regime_dir, "scenes.jsonl"), "scenes file")
+    fit = max(1, round(len(scenes) * (1 - held_out)))
+    if fit >= len(scenes):
+        raise ValueError(f"{regime_dir}: {len(scenes)} pictures leave none held out at held_out={held_out}")
+    rows = []
+    for i in range(0, len(scenes), batch):
+        images = [Image.open(os.path.join(regime_dir, "images", s["image"])).convert("RGB")
+                  for s in scenes[i:i + batch]]
+        rows.append(features(images).detach().double().cpu())
+    tokens = torch.cat(rows)  # [N, P, D]
+    n, patches, dim = tokens.shape
+    side = int(round(patches ** 0.5))
+    columns = torch.arange(patches, dtype=torch.float64) % side
+    x = torch.cat([tokens[:fit].reshape(-1, dim), torch.ones(fit * patches, 1, dtype=torch.float64)], 1)
+    weights = torch.linalg.solve(x.T @ x + lam * torch.eye(dim + 1, dtype=torch.float64), x.T @ columns.repeat(fit))
+    predicted = torch.cat([tokens[fit:], torch.ones(n - fit, patches, 1, dtype=torch.float64)], 2) @ weights
+
+    def r2(guess, truth):
+        return float(1 - ((guess - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
+
+    size = Image.open(os.path.join(regime_dir, "images", scenes[0]["image"])).size[0]
+    centres, truth, right, pairs = [], [], 0, 0
+    for k, scene in enumerate(scenes[fit:]):
+        objects = []
+        for o in scene["objects"]:
+            cx, cy = (o["box"][0] + o["box"][2]) / 2, (o["box"][1] + o["box"][3]) / 2
+            column = min(int(cx * side / size), side - 1)
+            guess = float(predicted[k, min(int(cy * side / size), side - 1) * side + column])
+            objects.append((cx, guess))
+            centres.append(guess)
+            truth.append(cx * side / size)
+        for i, a in enumerate(objects):
+            for b in objects[i + 1:]:
+                if abs(a[0] - b[0]) > 30:
+                    pairs += 1
+                    right += (a[0] < b[0]) == (a[1] < b[1])
+    return {"patches": r2(predicted.reshape(-1), columns.repeat(n - fit)),
+            "centres": r2(torch.tensor(centres), torch.tensor(truth)) if len(truth) > 1 else None,
+            "left_of": (right, pairs)}
+
+
 def build_parser():
     p = entry_parser("llava.testbed.probe", __doc__)
     p.add_argument("--model-path", default="./playground/llava-testbed", help="the checkpoint")
@@ -110,6 +165,21 @@ def main(argv=None):
         for kind, per_layer in sorted(shares.items()):
             cells = "  ".join(f"L{i}: " + " / ".join(f"{row[p]:.2f}" for p in PARTS) for i, row in enumerate(per_layer))
             print(f"{regime:8s} {kind:10s} {cells}")
+
+    @torch.no_grad()
+    def patch_tokens(images):
+        from llava.eval.common import to_model
+        from llava.mm_utils import process_images
+
+        return model.encode_images(to_model(process_images(images, processor, model.config), model))
+
+    print("where a patch is: its column read by a ridge map from the LLM's patch tokens (held-out pictures)")
+    for regime in args.regimes:
+        got = column_readout(patch_tokens, os.path.join(args.sets, regime))
+        centres = "-" if got["centres"] is None else f"{got['centres']:.2f}"
+        right, pairs = got["left_of"]
+        print(f"{regime:8s} R^2 all patches {got['patches']:.2f}, object centres {centres}; "
+              f"left-of ordered right {right} of {pairs} pairs" + (f" ({100 * right / pairs:.0f}%)" if pairs else ""))
     return 0
 
 
