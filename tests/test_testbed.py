@@ -233,6 +233,36 @@ def test_tower_training_runs_and_saves_a_loadable_clip_tower(tmp_path):
     with torch.no_grad():
         trained_row = model(x)[-1]
     torch.testing.assert_close(trained_row / trained_row.sum(), attn / attn.sum(), rtol=1e-4, atol=1e-7)
+    assert model.patch_where is None and "patch_where" not in log[-1]  # off unless asked for
+
+
+def test_tower_where_loss_asks_each_patch_token_for_its_row_and_column(tmp_path):
+    """--where-weight: the head on every select-layer patch token is scored against the token's row and column
+    in the tower's row-major patch order (column = index % 24), and training with it logs both."""
+    from llava.testbed.tower import GRID, PAIRS, TEXTS, batch, losses, train_tower
+
+    data = batch(random.Random(0), 2)
+    index = torch.arange(GRID * GRID)
+
+    def heads(row, column):
+        one_hot = torch.nn.functional.one_hot
+        where = torch.cat([one_hot(column, GRID), one_hot(row, GRID)], -1).float()[None].repeat(2, 1, 1)
+        outputs = (torch.zeros(2, len(PAIRS)), torch.zeros(2, 16), torch.zeros(2, len(TEXTS) + 1),
+                   torch.zeros(2, 576, len(PAIRS) + 1),
+                   torch.zeros(2, 576, 2), 50 * where, torch.full((2, 576), 1 / 576))
+        return lambda x: outputs
+
+    _, parts, metrics = losses(heads(index // GRID, index % GRID), data, where_weight=1.0)
+    assert metrics["column_acc"] == metrics["row_acc"] == 1.0 and parts["patch_where"] < 1e-6
+    _, parts, metrics = losses(heads(index % GRID, index // GRID), data, where_weight=1.0)  # row, column swapped
+    assert metrics["column_acc"] < 0.1 and metrics["row_acc"] < 0.1 and parts["patch_where"] > 10
+
+    torch.manual_seed(0)
+    model = train_tower(str(tmp_path / "tower"), steps=2, batch_size=2, width=32, layers=2, log_every=1,
+                        where_weight=1.0)
+    saved = json.load(open(tmp_path / "tower" / "training_log.json"))
+    assert saved["where_weight"] == 1.0 and model.patch_where.out_features == 2 * GRID
+    assert {"patch_where", "held_column_acc", "held_row_acc"} <= set(saved["log"][-1])
 
 
 def test_tower_attention_target_gives_every_object_one_unit_so_entropy_grows_with_objects():

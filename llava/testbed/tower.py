@@ -17,7 +17,11 @@ tokens + CLS), small widths. Objectives, on pictures drawn fresh every step from
   even floor over all patches (--attn-floor). Without it the row is near uniform on simple pictures (a plain
   background adds nothing to a mean, so the CLS token has no reason to look away from it) and concentrated on
   complex ones, the reverse of real CLIP; with it the entropy grows with the number of objects, as CLIP's does
-  (about 4.4-4.6 nats on simple datasets, 4.8-4.9 on complex ones).
+  (about 4.4-4.6 nats on simple datasets, 4.8-4.9 on complex ones);
+- optionally (--where-weight, 0 by default), on every select-layer patch token, its own row and column
+  through a linear head. The other objectives do not need a token to know where it is, and without this
+  the tokens lose it (llava.testbed.probe reads no column from them): the LLM then has only the tokens'
+  order, which counts row by row, so "Is the A to the left of the B?" stays at chance.
 Saved with config.json, model.safetensors and preprocessor_config.json (the CLIP-336 preprocessing),
 so `--vision_tower DIR` works for training and loading. The heads are not saved.
 """
@@ -129,7 +133,7 @@ def batch(rng, size, sigma=1.0, floor=0.15):
 
 
 class TowerWithHeads(torch.nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, where=False):
         super().__init__()
         from transformers import CLIPVisionModel
 
@@ -140,10 +144,13 @@ class TowerWithHeads(torch.nn.Module):
         self.text = torch.nn.Linear(h, len(TEXTS) + 1)
         self.patch_pair = torch.nn.Linear(h, len(PAIRS) + 1)
         self.patch_centre = torch.nn.Linear(h, 2)
+        # made only when trained, so that a tower without it starts from the same weights as before it existed
+        self.patch_where = torch.nn.Linear(h, 2 * GRID) if where else None
 
     def forward(self, x):
-        """The heads' outputs and the select layer's (-2) CLS->patch attention row [B, 576] (head-averaged,
-        computed from that layer's own q/k projections as CLIPVisionTower does at inference)."""
+        """The heads' outputs (the row-and-column logits [B, 576, 2 * GRID] None without that head) and the
+        select layer's (-2) CLS->patch attention row [B, 576] (head-averaged, computed from that layer's own
+        q/k projections as CLIPVisionTower does at inference)."""
         attn = getattr(self.tower, "vision_model", self.tower).encoder.layers[-2].self_attn
         qk = {}
         hooks = [attn.q_proj.register_forward_hook(lambda m, i, o: qk.__setitem__("q", o)),
@@ -155,13 +162,14 @@ class TowerWithHeads(torch.nn.Module):
                 hook.remove()
         cls = out.pooler_output
         patches = out.hidden_states[-2][:, 1:]
+        where = self.patch_where(patches) if self.patch_where is not None else None
         return (self.present(cls), self.count(cls), self.text(cls), self.patch_pair(patches),
-                self.patch_centre(patches), cls_attention_row(attn, qk["q"], qk["k"]))
+                self.patch_centre(patches), where, cls_attention_row(attn, qk["q"], qk["k"]))
 
 
-def losses(model, data, attn_weight=1.0):
+def losses(model, data, attn_weight=1.0, where_weight=0.0):
     x, present, count, text, ppair, pcentre, target = data
-    p, c, t, pp, pc, a = model(x)
+    p, c, t, pp, pc, w, a = model(x)
     a = a / a.sum(-1, keepdim=True)  # over the patches only, as llava.pruning.metrics.attention_entropy
     log_a = torch.log(a.clamp(min=1e-12))
     entropy = -(a * log_a).sum(-1).detach()
@@ -186,6 +194,14 @@ def losses(model, data, attn_weight=1.0):
                "attention_entropy_simple": float(entropy[0::2].mean()),
                "attention_entropy_complex": float(entropy[1::2].mean()),
                "attention_on_objects": float(on_objects.mean())}
+    if w is not None:
+        column = torch.arange(GRID * GRID) % GRID  # patches row by row, as the tower orders them
+        row = torch.arange(GRID * GRID) // GRID
+        cols, rows = w[..., :GRID].flatten(0, 1), w[..., GRID:].flatten(0, 1)
+        column, row = column.repeat(len(w)), row.repeat(len(w))
+        parts["patch_where"] = where_weight * (F.cross_entropy(cols, column) + F.cross_entropy(rows, row)) / 2
+        metrics["column_acc"] = float((cols.argmax(-1) == column).float().mean())
+        metrics["row_acc"] = float((rows.argmax(-1) == row).float().mean())
     return sum(parts.values()), parts, metrics
 
 
@@ -201,10 +217,10 @@ def save_tower(tower, out):
 
 @torch_init()
 def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, layers=6, log_every=50,
-                attn_weight=3.0, attn_sigma=1.0, attn_floor=0.15):
+                attn_weight=3.0, attn_sigma=1.0, attn_floor=0.15, where_weight=0.0):
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = TowerWithHeads(tower_config(width, layers, max(1, width // 32), 4 * width))
+    model = TowerWithHeads(tower_config(width, layers, max(1, width // 32), 4 * width), where=where_weight > 0)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps)))  # warm-up, cosine
@@ -212,7 +228,7 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
     log, start = [], time.time()
     for step in range(1, steps + 1):
         model.train()
-        loss, parts, metrics = losses(model, batch(rng, batch_size, attn_sigma, attn_floor), attn_weight)
+        loss, parts, metrics = losses(model, batch(rng, batch_size, attn_sigma, attn_floor), attn_weight, where_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -221,7 +237,7 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
         if step % log_every == 0 or step == steps:
             model.eval()
             with torch.no_grad():
-                _, _, held = losses(model, held_out, attn_weight)
+                _, _, held = losses(model, held_out, attn_weight, where_weight)
             entry = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                      **{"held_" + k: v for k, v in held.items()}, "minutes": (time.time() - start) / 60}
             log.append(entry)
@@ -231,7 +247,7 @@ def train_tower(out, steps=3000, batch_size=32, lr=1e-3, seed=0, width=192, laye
     with open(os.path.join(out, "training_log.json"), "w") as f:
         json.dump({"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "width": width,
                    "layers": layers, "attn_weight": attn_weight, "attn_sigma": attn_sigma, "attn_floor": attn_floor,
-                   "log": log}, f, indent=1)
+                   "where_weight": where_weight, "log": log}, f, indent=1)
     return model
 
 
@@ -249,6 +265,9 @@ def build_parser():
     p.add_argument("--attn-sigma", type=float, default=1.0,
                    help="width (patches) of the Gaussian around each object's centre in that row's target (0: coverage)")
     p.add_argument("--attn-floor", type=float, default=0.15, help="share of that target spread evenly over all patches")
+    p.add_argument("--where-weight", type=float, default=0.0,
+                   help="weight of the loss that has each patch token say its row and column (0: none, the "
+                        "committed tower; position questions need it)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     return p
 
@@ -258,7 +277,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     train_tower(args.out, args.steps, args.batch_size, args.lr, args.seed, args.width, args.layers,
-                attn_weight=args.attn_weight, attn_sigma=args.attn_sigma, attn_floor=args.attn_floor)
+                attn_weight=args.attn_weight, attn_sigma=args.attn_sigma, attn_floor=args.attn_floor,
+                where_weight=args.where_weight)
 
 
 if __name__ == "__main__":

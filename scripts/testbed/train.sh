@@ -29,6 +29,7 @@ TOWER_LAYERS=${TOWER_LAYERS:-4}
 TOWER_ATTN_WEIGHT=${TOWER_ATTN_WEIGHT:-3.0}  # CLS-attention target loss (issue 13); 0 gives the earlier tower
 TOWER_ATTN_SIGMA=${TOWER_ATTN_SIGMA:-1.0}
 TOWER_ATTN_FLOOR=${TOWER_ATTN_FLOOR:-0.15}
+TOWER_WHERE_WEIGHT=${TOWER_WHERE_WEIGHT:-0}   # patch tokens told their row and column (0: the committed tower)
 LLM_HIDDEN=${LLM_HIDDEN:-128}
 LLM_LAYERS=${LLM_LAYERS:-3}
 STAGE1_STEPS=${STAGE1_STEPS:-200}
@@ -64,7 +65,7 @@ t1=$(now)
 if [ ! -f "$TOWER/config.json" ]; then
     $PY -m llava.testbed.tower --out "$TOWER" --steps "$TOWER_STEPS" --batch-size "$BATCH" \
         --width "$TOWER_WIDTH" --layers "$TOWER_LAYERS" --seed "$SEED" --attn-weight "$TOWER_ATTN_WEIGHT" \
-        --attn-sigma "$TOWER_ATTN_SIGMA" --attn-floor "$TOWER_ATTN_FLOOR"
+        --attn-sigma "$TOWER_ATTN_SIGMA" --attn-floor "$TOWER_ATTN_FLOOR" --where-weight "$TOWER_WHERE_WEIGHT"
     TOWER_S=$(($(now) - t1))
 fi
 t2=$(now)
@@ -91,7 +92,8 @@ t5=$(now)
 cat > "$TIMINGS" <<JSON
 {"seed": $SEED, "device": "$DEVICE", "train_images": $TRAIN_IMAGES, "batch_size": $BATCH,
  "tower": {"steps": $TOWER_STEPS, "width": $TOWER_WIDTH, "layers": $TOWER_LAYERS,
-           "attn_weight": $TOWER_ATTN_WEIGHT, "attn_sigma": $TOWER_ATTN_SIGMA, "attn_floor": $TOWER_ATTN_FLOOR},
+           "attn_weight": $TOWER_ATTN_WEIGHT, "attn_sigma": $TOWER_ATTN_SIGMA, "attn_floor": $TOWER_ATTN_FLOOR,
+           "where_weight": $TOWER_WHERE_WEIGHT},
  "llm": {"hidden": $LLM_HIDDEN, "layers": $LLM_LAYERS},
  "stage1": {"steps": $STAGE1_STEPS, "learning_rate": $STAGE1_LR},
  "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR},
