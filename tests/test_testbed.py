@@ -354,6 +354,8 @@ def test_report_tables_and_plot_per_regime(tmp_path):
     assert (res / "relative_accuracy.png").stat().st_size > 1000
     table = (res / "table.csv").read_text().splitlines()
     assert table[0].startswith("regime,method,K") and sum(line.startswith("complex,") for line in table) == 4
+    judged = (res / "claims.md").read_text()
+    assert judged.count("| claim | measured | verdict |") == 2 and "benchmarks but position" in judged
 
 
 def describes(turn):
@@ -567,3 +569,23 @@ def test_claims_are_measured_and_judged_from_the_results(tmp_path):
     assert [v for _, _, v in rows] == ["does not hold", "does not hold", "erank: does not hold; CHAIR: does not hold",
                                       "does not hold"]
     assert "complex: attention 95.0, diversity 75.0" in rows[0][1] and "place 6 of 6" in rows[3][1]
+
+
+def test_claims_judged_again_without_the_benchmarks_answered_at_chance():
+    """A win that comes from a benchmark the unpruned model answers at chance (here agile doubling position's
+    50%) is counted in the claims, and left out of the second judgement, which report() writes too."""
+    from llava.eval.summarize import relative_average
+    from llava.testbed import claims
+
+    def row(method, k, pope, position):
+        return {"method": method, "K": k, "pope": pope, "position": position, "chair": 0.0}
+
+    rows = [row("none", 576, 80.0, 50.0), row("agile", 64, 60.0, 100.0), row("fastervlm", 64, 76.0, 50.0)]
+    for r in rows:
+        r["avg"], r["n"] = relative_average({b: r[b] for b in ("pope", "position", "chair")}, rows[0])
+    data = {regime: claims.regime_data(rows, {}, 10.0) for regime in ("simple", "complex")}
+    assert claims.evaluate(data)[3][2] == "holds"  # agile (75 + 200) / 2 = 137.5
+    fair = claims.without(data, claims.AT_CHANCE)
+    assert fair["simple"][0][("agile", 64)]["avg"] == 75.0 and fair["complex"][0][("fastervlm", 64)]["avg"] == 95.0
+    assert claims.evaluate(fair)[3][2] == "does not hold" and "place 2 of 2" in claims.evaluate(fair)[3][1]
+    assert data["simple"][0][("agile", 64)]["avg"] == 137.5  # the first judgement's data is left as it was

@@ -12,6 +12,11 @@ score / unpruned score, llava.eval.summarize), CHAIR_s and the erank of the kept
    erank for DivPrune and FPS, and mean CHAIR_s over K and regimes against FasterVLM's;
 4. agile has the best mean relative accuracy of all methods (over K and both regimes; the hybrids' rule
    variants are not separate methods here).
+
+The same claims are judged a second time with each relative accuracy taken over the benchmarks in AT_CHANCE
+left out (`without()`): the testbed's model answers position questions at chance unpruned (its patch tokens
+do not say where they are; llava.testbed.probe), so there a pruned run's score over the unpruned one is luck,
+and on 7 questions one answer moves it by 50 points of that benchmark, 10 of the mean.
 """
 import math
 import os
@@ -20,6 +25,8 @@ ATTENTION = ("fastervlm",)
 DIVERSITY = ("divprune", "fps")
 HYBRIDS = ("mix", "vispruner")
 RULES = ("adaptive", "fixed", "inverse")
+AT_CHANCE = ("position",)  # benchmarks the committed testbed model answers at chance unpruned
+_NOT_SCORES = ("method", "K", "avg", "n")
 
 
 def _mean(values):
@@ -43,6 +50,22 @@ def load(results, ckpt, regimes):
 def regime_data(rows, stats, image_erank):
     """One regime's entry of load()'s dict, from llava.eval.summarize's rows and stats."""
     return {(r["method"], r["K"]): r for r in rows}, stats, image_erank
+
+
+def without(data, benches):
+    """load()'s dict with every row's relative accuracy recomputed over its benchmarks but `benches`."""
+    from llava.eval.summarize import relative_average
+
+    def scores(row):
+        return {b: v for b, v in row.items() if b not in _NOT_SCORES and b not in benches}
+
+    out = {}
+    for regime, (rows, stats, image_erank) in data.items():
+        base = rows.get(("none", 576))
+        rows = {key: {**r, "avg": relative_average(scores(r), scores(base))[0] if base else math.nan}
+                for key, r in rows.items()}
+        out[regime] = (rows, stats, image_erank)
+    return out
 
 
 def _acc(data, regime, method):
