@@ -105,18 +105,20 @@ def plot(panels, path):
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
     for ax, (regime, rows, erank) in zip(axes[0], panels):
         methods = sorted({r["method"] for r in rows if r["method"] != "none"}, key=lambda m: S.sort_key((m, 0)))
-        for m in methods:
+        for i, m in enumerate(methods):  # 21 methods: ten colours x three markers, agile black and thick
             pts = sorted((r["K"], r["avg"]) for r in rows if r["method"] == m and not math.isnan(r["avg"]))
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m,
-                        linewidth=2.5 if m == "agile" else 1.2)
+                style = ({"color": "black", "linewidth": 2.5, "marker": "o"} if m == "agile" else
+                         {"color": f"C{i % 10}", "linewidth": 1.2, "marker": "os^"[i // 10 % 3],
+                          "linestyle": ("-", "--", ":")[i // 10 % 3]})
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, **style)
         ax.axhline(100.0, color="grey", linestyle="--", linewidth=1)
         ax.set_title(f"{regime} (mean erank {erank:.0f})")
         ax.set_xlabel("K (visual tokens kept of 576)")
     axes[0][0].set_ylabel("relative accuracy (% of unpruned)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plots, not on them
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
