@@ -16,7 +16,7 @@ score / unpruned score, llava.eval.summarize), CHAIR_s and the erank of the kept
 The same claims are judged a second time with each relative accuracy taken over the benchmarks in AT_CHANCE
 left out (`without()`): the testbed's model answers position questions at chance unpruned (its patch tokens
 do not say where they are; llava.testbed.probe), so there a pruned run's score over the unpruned one is luck,
-and on 7 questions one answer moves it by 50 points of that benchmark, 10 of the mean.
+and with few position questions (7 on the first 30 simple pictures) one answer moves a mean by many points.
 """
 import math
 import os
