@@ -47,6 +47,39 @@ def test_caption_share_changes_only_the_stage3_data(world, tmp_path):
     assert not os.path.exists(tmp_path / "bad")
 
 
+def test_where_share_adds_grounding_turns_that_match_the_picture(world, tmp_path):
+    """--where-share gives that share of the stage-2 and stage-3 conversations one "Which half ... ?" turn
+    whose answer is the object's side; the pictures, captions and eval sets stay those of the same seed, and
+    share 0 (the default, the committed world) writes no such turn."""
+    other = gen.generate(str(tmp_path / "w"), seed=3, train_images=40, eval_images=16, where_share=1.0)
+    same = gen.generate(str(tmp_path / "w0"), seed=3, train_images=40, eval_images=16)
+    for rel in ("train/pretrain.json", "train/tower.jsonl", "train/images/000011.png",
+                "eval/simple/vqa/truth.jsonl", "eval/complex/pope/llava_pope_test.jsonl"):
+        assert filecmp.cmp(os.path.join(same, rel), os.path.join(other, rel), shallow=False), rel
+    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
+    asked = 0
+    for rel in ("finetune.json", "qa.json"):
+        for rec in json.load(open(os.path.join(other, "train", rel))):
+            conv = rec["conversations"]
+            assert "<image>" in conv[0]["value"] and not any("<image>" in t["value"] for t in conv[1:])
+            for q, a in zip(conv[::2], conv[1::2]):
+                m = re.match(r"Which half of the image is the (\w+ \w+) in\?", q["value"])
+                if m:
+                    asked += 1
+                    objs = [o for o in scenes[int(rec["image"][:6])]["objects"]
+                            if f"{o['colour']} {o['shape']}" == m.group(1)]
+                    assert len(objs) == 1, (rel, rec["id"])
+                    x = (objs[0]["box"][0] + objs[0]["box"][2]) / 2
+                    assert a["value"] == ("Left" if x < SIZE / 2 else "Right") and abs(x - SIZE / 2) >= 24
+        for rec in json.load(open(os.path.join(same, "train", rel))):
+            assert not any("Which half" in t["value"] for t in rec["conversations"])
+    assert asked > 40  # most of the 80 conversations (a few pictures have no object clear of the middle)
+    assert json.load(open(os.path.join(other, "world.json")))["where_share"] == 1.0
+    assert "where_share" not in json.load(open(os.path.join(same, "world.json")))
+    with pytest.raises(SystemExit, match="--where-share .* between 0 and 1, got -0.5"):
+        gen.main(["--out", str(tmp_path / "bad"), "--where-share", "-0.5"])
+
+
 def test_regimes_follow_their_definitions():
     rng = random.Random(0)
     for _ in range(60):

@@ -5,7 +5,9 @@
 Writes
   DIR/train/images/*.png, DIR/train/pretrain.json (stage 1: caption per image, for the `plain` template),
   DIR/train/finetune.json (stage 2: multi-turn questions of every type, `v1` template),
-  DIR/train/qa.json (stage 3: 4 short-answer turns per image, a caption in one of ten: see qa_conversation),
+  DIR/train/qa.json (stage 3: 4 short-answer turns per image, a caption in one of ten: see qa_conversation);
+    with --where-share S, that share of the stage-2 and stage-3 conversations also asks which half of the
+    picture an object is in (see where_turn),
   DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
   DIR/eval/<simple|complex>/ for each regime:
     images/*.png, scenes.jsonl (the truth about each picture),
@@ -21,7 +23,7 @@ import os
 import random
 from collections import Counter
 
-from llava.testbed.world import COLOURS, SHAPES, article, caption, plural, render, sample_scene
+from llava.testbed.world import COLOURS, SHAPES, SIZE, article, caption, plural, render, sample_scene
 from llava.utils import entry_parser
 
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -125,6 +127,36 @@ def qa_conversation(scene, rng, turns=4, caption_share=0.1):
     return conv
 
 
+def where_turn(scene, rng):
+    """A grounding turn, "Which half of the image is the red star in?" -> "Left" or "Right", about an object
+    named once in the picture and at least 24 px from the middle, or None when there is none. Upstream
+    LLaVA-1.5 trains on region-level data (RefCOCO, Visual Genome boxes) for the same reason: it teaches the
+    LLM to read where an object is, which the relative question ("Is the A to the left of the B?") needs
+    twice and then compares."""
+    named = [o for o in scene.objects if sum(p.name == o.name for p in scene.objects) == 1]
+    sided = [o for o in named if abs(o.centre[0] - SIZE / 2) >= 24]
+    if not sided:
+        return None
+    o = rng.choice(sided)
+    return f"Which half of the image is the {o.name} in?" + SHORT, "Left" if o.centre[0] < SIZE / 2 else "Right"
+
+
+def add_where_turns(records, scenes, rng, share):
+    """Give `share` of the conversations one grounding turn (see where_turn), after their first turn (which
+    holds the image). `rng` is the world's own stream for these turns, so share 0 writes the same files as a
+    world without them."""
+    for record, scene in zip(records, scenes):
+        if share <= 0 or rng.random() >= share:
+            continue
+        turn = where_turn(scene, rng)
+        if turn is None:
+            continue
+        conv = record["conversations"]
+        at = 2 * rng.randint(1, len(conv) // 2)
+        conv[at:at] = [{"from": "human", "value": turn[0]}, {"from": "gpt", "value": turn[1]}]
+    return records
+
+
 def popular_names(scenes):
     counts = Counter(n for s in scenes for n in s.names())
     return [n for n, _ in counts.most_common()] + [n for n in ALL_NAMES if n not in counts]
@@ -143,7 +175,7 @@ def write_json(path, obj):
         json.dump(obj, f)
 
 
-def generate_train(out, n, rng):
+def generate_train(out, n, rng, where_rng=None, where_share=0.0):
     images = os.path.join(out, "train", "images")
     os.makedirs(images, exist_ok=True)
     pretrain, finetune, tower, scenes = [], [], [], []
@@ -158,6 +190,8 @@ def generate_train(out, n, rng):
         finetune.append({"id": f"tb{i:06d}", "image": name, "conversations": training_conversation(scene, rng)})
         tower.append({"image": name, **scene.to_dict()})
     write_json(os.path.join(out, "train", "pretrain.json"), pretrain)
+    if where_share > 0:
+        add_where_turns(finetune, scenes, where_rng, where_share)
     write_json(os.path.join(out, "train", "finetune.json"), finetune)
     write_jsonl(os.path.join(out, "train", "tower.jsonl"), tower)
     return scenes
@@ -219,23 +253,31 @@ def subset_eval(src, dst, images):
     return dst
 
 
-def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1):
+def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1, where_share=0.0):
     """Write the whole world under `out` (see the module docstring)."""
     if not 0.0 <= caption_share <= 1.0:
         raise ValueError(f"--caption-share is the share of stage-3 conversations with a caption: it must be "
                          f"between 0 and 1, got {caption_share}")
+    if not 0.0 <= where_share <= 1.0:
+        raise ValueError(f"--where-share is the share of training conversations with a grounding turn: it must "
+                         f"be between 0 and 1, got {where_share}")
     rng = random.Random(seed)
-    scenes = generate_train(out, train_images, random.Random(rng.randint(0, 2**31)))
+    where_rng = random.Random(f"where-{seed}")  # its own stream: --where-share 0 leaves every file unchanged
+    scenes = generate_train(out, train_images, random.Random(rng.randint(0, 2**31)), where_rng, where_share)
     for regime in ("simple", "complex"):
         generate_eval(out, regime, eval_images, random.Random(rng.randint(0, 2**31)))
     qa_rng = random.Random(rng.randint(0, 2**31))  # drawn last: the files above do not depend on it
-    write_json(os.path.join(out, "train", "qa.json"),
-               [{"id": f"tb{i:06d}", "image": f"{i:06d}.png",
-                 "conversations": qa_conversation(s, qa_rng, caption_share=caption_share)}
-                for i, s in enumerate(scenes)])
+    qa = [{"id": f"tb{i:06d}", "image": f"{i:06d}.png",
+           "conversations": qa_conversation(s, qa_rng, caption_share=caption_share)} for i, s in enumerate(scenes)]
+    if where_share > 0:
+        add_where_turns(qa, scenes, where_rng, where_share)
+    write_json(os.path.join(out, "train", "qa.json"), qa)
+    meta = {"seed": seed, "train_images": train_images, "eval_images": eval_images,
+            "caption_share": caption_share, "shapes": SHAPES, "colours": list(COLOURS)}
+    if where_share > 0:  # absent otherwise, so the committed world's world.json is unchanged
+        meta["where_share"] = where_share
     with open(os.path.join(out, "world.json"), "w") as f:
-        json.dump({"seed": seed, "train_images": train_images, "eval_images": eval_images,
-                   "caption_share": caption_share, "shapes": SHAPES, "colours": list(COLOURS)}, f)
+        json.dump(meta, f)
     return out
 
 
@@ -247,13 +289,16 @@ def build_parser():
     p.add_argument("--eval-images", type=int, default=100, help="eval pictures per regime")
     p.add_argument("--caption-share", type=float, default=0.1,
                    help="share of the stage-3 conversations (train/qa.json) with a \"Describe the image.\" turn")
+    p.add_argument("--where-share", type=float, default=0.0,
+                   help="share of the stage-2 and stage-3 conversations with a grounding turn (\"Which half of the "
+                        "image is the red star in?\" -> Left/Right); 0, the default, writes no such turn")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        generate(args.out, args.seed, args.train_images, args.eval_images, args.caption_share)
+        generate(args.out, args.seed, args.train_images, args.eval_images, args.caption_share, args.where_share)
     except ValueError as e:
         raise SystemExit(f"llava.testbed.generate: {e}") from None
     print(f"testbed world written to {args.out}")
