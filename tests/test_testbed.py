@@ -470,6 +470,23 @@ def test_sweep_plans_each_methods_testbed_settings():
             sweep.split_run(bad)
 
 
+def test_sweep_asks_for_the_erank_calibration_only_when_a_method_reads_it(tmp_path, capsys):
+    """An unpruned run of a checkpoint without erank_calibration.json (a stage-2 output, say) goes ahead; a
+    method that reads --erank-avg stops at once with an error naming the file, before any model load."""
+    from llava.testbed import sweep
+
+    sets = tmp_path / "sets"
+    (sets / "simple").mkdir(parents=True)
+    model = tmp_path / "uncalibrated"
+    model.mkdir()
+    # shard 1/2 of a single configuration (the unpruned run) has nothing to run: main returns before loading
+    assert sweep.main(["--model-path", str(model), "--sets", str(sets), "--out", str(tmp_path / "r"),
+                       "--regimes", "simple", "--methods", "none", "--shard", "1/2"]) == 0
+    assert sweep.main(["--model-path", str(model), "--sets", str(sets), "--out", str(tmp_path / "r"),
+                       "--regimes", "simple", "--methods", "fastv", "agile"]) == 2
+    assert "erank_calibration.json" in capsys.readouterr().err
+
+
 def test_sweep_answers_as_the_eval_entry_points_run_alone(tmp_path):
     """One process and one model load for several configurations gives the answers each configuration's own
     `python -m llava.eval.model_vqa_loader` run gives (the model's pruning is switched, nothing carried over)."""

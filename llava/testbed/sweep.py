@@ -169,7 +169,13 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     ckpt = args.ckpt or os.path.basename(os.path.normpath(args.model_path))
-    erank_avg = args.erank_avg if args.erank_avg is not None else calibrated_erank_avg(args.model_path)
+    erank_avg = args.erank_avg
+    if erank_avg is None and any("erank_avg" in METHODS[split_run(m)[0]].option_names for m in args.methods):
+        try:  # only the methods that read it need the checkpoint's calibration (an unpruned run does not)
+            erank_avg = calibrated_erank_avg(args.model_path)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     runs, skipped = configurations(args.regimes, [m for m in args.methods if m != "none"], args.ks)
     if index == 0:
         for method, k, reason in skipped:
