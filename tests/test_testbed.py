@@ -298,6 +298,28 @@ def test_tower_where_loss_asks_each_patch_token_for_its_row_and_column(tmp_path)
     assert {"patch_where", "held_column_acc", "held_row_acc"} <= set(saved["log"][-1])
 
 
+def test_tower_where_code_ordinal_scores_boundary_bits(tmp_path):
+    """--where-code ordinal: per axis 23 bits, bit c saying the index is past boundary c; the index read back
+    is the number of bits set, so "left half" is bit 11 alone; a bad code is refused before training."""
+    from llava.testbed.tower import GRID, where_loss, train_tower
+
+    index = torch.arange(GRID)
+    bits = (index[:, None] > torch.arange(GRID - 1)[None]).float()
+    loss, guess = where_loss(40 * (2 * bits - 1), index, "ordinal")
+    assert torch.equal(guess, index) and loss < 1e-6
+    loss, guess = where_loss(40 * (1 - 2 * bits), index, "ordinal")  # every bit wrong
+    assert (guess == index).float().mean() < 0.1 and loss > 10
+    assert bool((bits[:12, 11] == 0).all() and (bits[12:, 11] == 1).all())  # left half <-> bit 11 off
+    model = train_tower(str(tmp_path / "tower"), steps=1, batch_size=2, width=32, layers=2, where_weight=1.0,
+                        where_code="ordinal")
+    assert model.patch_where.out_features == 2 * (GRID - 1)
+    assert json.load(open(tmp_path / "tower" / "training_log.json"))["where_code"] == "ordinal"
+    with pytest.raises(ValueError, match="--where-code takes onehot or ordinal, got 'binary'"):
+        train_tower(str(tmp_path / "bad"), steps=1, batch_size=2, width=32, layers=2, where_weight=1.0,
+                    where_code="binary")
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_tower_attention_target_gives_every_object_one_unit_so_entropy_grows_with_objects():
     from llava.testbed.tower import GRID, attention_target
 

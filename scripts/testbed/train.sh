@@ -31,6 +31,7 @@ TOWER_ATTN_WEIGHT=${TOWER_ATTN_WEIGHT:-3.0}  # CLS-attention target loss (issue 
 TOWER_ATTN_SIGMA=${TOWER_ATTN_SIGMA:-1.0}
 TOWER_ATTN_FLOOR=${TOWER_ATTN_FLOOR:-0.15}
 TOWER_WHERE_WEIGHT=${TOWER_WHERE_WEIGHT:-0}   # patch tokens told their row and column (0: the committed tower)
+TOWER_WHERE_CODE=${TOWER_WHERE_CODE:-onehot}  # ... as a 24-way choice (onehot) or 23 boundary bits (ordinal)
 LLM_HIDDEN=${LLM_HIDDEN:-128}
 LLM_LAYERS=${LLM_LAYERS:-3}
 STAGE1_STEPS=${STAGE1_STEPS:-200}
@@ -66,7 +67,8 @@ t1=$(now)
 if [ ! -f "$TOWER/config.json" ]; then
     $PY -m llava.testbed.tower --out "$TOWER" --steps "$TOWER_STEPS" --batch-size "$BATCH" \
         --width "$TOWER_WIDTH" --layers "$TOWER_LAYERS" --seed "$SEED" --attn-weight "$TOWER_ATTN_WEIGHT" \
-        --attn-sigma "$TOWER_ATTN_SIGMA" --attn-floor "$TOWER_ATTN_FLOOR" --where-weight "$TOWER_WHERE_WEIGHT"
+        --attn-sigma "$TOWER_ATTN_SIGMA" --attn-floor "$TOWER_ATTN_FLOOR" --where-weight "$TOWER_WHERE_WEIGHT" \
+        --where-code "$TOWER_WHERE_CODE"
     TOWER_S=$(($(now) - t1))
 fi
 t2=$(now)
@@ -94,7 +96,7 @@ cat > "$TIMINGS" <<JSON
 {"seed": $SEED, "device": "$DEVICE", "train_images": $TRAIN_IMAGES, "batch_size": $BATCH,
  "tower": {"steps": $TOWER_STEPS, "width": $TOWER_WIDTH, "layers": $TOWER_LAYERS,
            "attn_weight": $TOWER_ATTN_WEIGHT, "attn_sigma": $TOWER_ATTN_SIGMA, "attn_floor": $TOWER_ATTN_FLOOR,
-           "where_weight": $TOWER_WHERE_WEIGHT},
+           "where_weight": $TOWER_WHERE_WEIGHT, "where_code": "$TOWER_WHERE_CODE"},
  "llm": {"hidden": $LLM_HIDDEN, "layers": $LLM_LAYERS},
  "stage1": {"steps": $STAGE1_STEPS, "learning_rate": $STAGE1_LR},
  "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR},
