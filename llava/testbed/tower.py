@@ -152,7 +152,7 @@ class TowerWithHeads(torch.nn.Module):
         self.patch_where = torch.nn.Linear(h, 2 * where_outputs(where_code)) if where else None
 
     def forward(self, x):
-        """The heads' outputs (the row-and-column logits [B, 576, 2 * GRID], or None without that head) and the
+        """The heads' outputs (the row-and-column logits [B, 576, 2 * where_outputs(code)], or None without it) and the
         select layer's (-2) CLS->patch attention row [B, 576] (head-averaged, computed from that layer's own
         q/k projections as CLIPVisionTower does at inference)."""
         attn = getattr(self.tower, "vision_model", self.tower).encoder.layers[-2].self_attn
