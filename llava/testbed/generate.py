@@ -60,6 +60,11 @@ def existence_text(name):
     return f"Is there {article(name)} {name} in the image?"
 
 
+def named_once(scene):
+    """The objects no other object in the picture shares a name with (so "the red star" says which)."""
+    return [o for o in scene.objects if sum(p.name == o.name for p in scene.objects) == 1]
+
+
 def vqa_questions(scene, rng):
     """[(type, question, answer)] about colour, counting, relative position and reading."""
     out = []
@@ -76,7 +81,7 @@ def vqa_questions(scene, rng):
         out.append(("counting", f"How many {plural(s)} are there in the image?", str(by_shape[s])))
     if scene.regime == "simple":
         out.append(("counting", "How many shapes are there in the image?", str(len(scene.objects))))
-    named = [o for o in scene.objects if sum(p.name == o.name for p in scene.objects) == 1]
+    named = named_once(scene)
     pairs = [(a, b) for a in named for b in named if a is not b and abs(a.centre[0] - b.centre[0]) > 30]
     if pairs:
         a, b = rng.choice(pairs)
@@ -133,8 +138,7 @@ def where_turn(scene, rng):
     LLaVA-1.5 trains on region-level data (RefCOCO, Visual Genome boxes) for the same reason: it teaches the
     LLM to read where an object is, which the relative question ("Is the A to the left of the B?") needs
     twice and then compares."""
-    named = [o for o in scene.objects if sum(p.name == o.name for p in scene.objects) == 1]
-    sided = [o for o in named if abs(o.centre[0] - SIZE / 2) >= 24]
+    sided = [o for o in named_once(scene) if abs(o.centre[0] - SIZE / 2) >= 24]
     if not sided:
         return None
     o = rng.choice(sided)
@@ -190,8 +194,7 @@ def generate_train(out, n, rng, where_rng=None, where_share=0.0):
         finetune.append({"id": f"tb{i:06d}", "image": name, "conversations": training_conversation(scene, rng)})
         tower.append({"image": name, **scene.to_dict()})
     write_json(os.path.join(out, "train", "pretrain.json"), pretrain)
-    if where_share > 0:
-        add_where_turns(finetune, scenes, where_rng, where_share)
+    add_where_turns(finetune, scenes, where_rng, where_share)
     write_json(os.path.join(out, "train", "finetune.json"), finetune)
     write_jsonl(os.path.join(out, "train", "tower.jsonl"), tower)
     return scenes
@@ -269,8 +272,7 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
     qa_rng = random.Random(rng.randint(0, 2**31))  # drawn last: the files above do not depend on it
     qa = [{"id": f"tb{i:06d}", "image": f"{i:06d}.png",
            "conversations": qa_conversation(s, qa_rng, caption_share=caption_share)} for i, s in enumerate(scenes)]
-    if where_share > 0:
-        add_where_turns(qa, scenes, where_rng, where_share)
+    add_where_turns(qa, scenes, where_rng, where_share)
     write_json(os.path.join(out, "train", "qa.json"), qa)
     meta = {"seed": seed, "train_images": train_images, "eval_images": eval_images,
             "caption_share": caption_share, "shapes": SHAPES, "colours": list(COLOURS)}
