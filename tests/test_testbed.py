@@ -585,11 +585,26 @@ def test_column_readout_finds_where_patches_are_only_when_their_tokens_say_it(tm
     got = probe.column_readout(placed, regime)
     right, pairs = got["left_of"]
     assert got["patches"] > 0.99 and got["centres"] > 0.95 and pairs > 10 and right == pairs
+    for kind in ("object", "background"):  # fitted on one kind of patch alone, scored on held-out ones
+        r2, half, count = got[kind]
+        assert r2 > 0.95 and half > 0.95 and count > 20
     got = probe.column_readout(unplaced, regime)
     right, pairs = got["left_of"]
     assert got["patches"] < 0.05 and got["centres"] < 0.3 and right < 0.75 * pairs
+    for kind in ("object", "background"):
+        r2, half, count = got[kind]
+        assert r2 < 0.1 and 0.3 < half < 0.7
     with pytest.raises(ValueError, match="held out"):
         probe.column_readout(placed, regime, held_out=0.0)
+
+
+def test_object_patches_are_the_cells_whose_centre_is_inside_a_box():
+    from llava.testbed import probe
+
+    scene = {"objects": [{"box": [0, 0, 28, 14]}, {"box": [322, 322, 336, 336]}]}
+    mask = probe.object_patches(scene, 24, 336).reshape(24, 24)  # cells of 14 px, centres at 7, 21, ...
+    assert mask[0, 0] and mask[0, 1] and not mask[1, 0] and mask[23, 23]
+    assert int(mask.sum()) == 3
 
 
 def _fake_results(res, accuracy, chair_s, kept_erank):

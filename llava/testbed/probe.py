@@ -11,7 +11,9 @@ averaged over heads and questions, unpruned, eager attention.
 It also measures whether the patch tokens the LLM receives (tower select layer + projector) say where they
 are: a ridge map fitted on 70% of each regime's eval pictures reads every patch's column (0 = left edge),
 scored on the others (R^2 over all patches and over object-centre patches, and how often it orders two
-objects more than 30 px apart as the position questions do). The LLM also gets the tokens' order, but
+objects more than 30 px apart as the position questions do), and maps fitted on one kind of patch alone,
+those inside an object's box and the background (R^2, and how often the map puts a held-out patch on the
+right side of the middle, the grounding turn's "Which half ...?"). The LLM also gets the tokens' order, but
 that counts row by row, so a column is only there as the order modulo 24.
 """
 import os
@@ -133,9 +135,41 @@ def column_readout(features, regime_dir, held_out=0.3, lam=1.0, batch=20):
                 if abs(a[0] - b[0]) > 30:
                     pairs += 1
                     right += (a[0] < b[0]) == (a[1] < b[1])
+    on_object = torch.stack([object_patches(scene, side, size) for scene in scenes])  # [N, P] bool
+    per_kind = {kind: _kind_readout(tokens, columns, mask, fit, lam, side)
+                for kind, mask in (("object", on_object), ("background", ~on_object))}
     return {"patches": r2(predicted.reshape(-1), columns.repeat(n - fit)),
             "centres": r2(torch.tensor(centres), torch.tensor(truth)) if len(truth) > 1 else None,
-            "left_of": (right, pairs)}
+            "left_of": (right, pairs), **per_kind}
+
+
+def object_patches(scene, side, size):
+    """[side * side] bool, row-major: the patches whose centre lies inside one of the scene's object boxes."""
+    centre = (torch.arange(side, dtype=torch.float64) + 0.5) * size / side
+    inside = torch.zeros(side, side, dtype=torch.bool)
+    for o in scene["objects"]:
+        x0, y0, x1, y1 = o["box"]
+        inside |= ((centre >= y0) & (centre <= y1))[:, None] & ((centre >= x0) & (centre <= x1))[None, :]
+    return inside.reshape(-1)
+
+
+def _kind_readout(tokens, columns, mask, fit, lam, side):
+    """(R^2, share of held-out patches whose half is read right, held-out patches) of a ridge map to the
+    column fitted on the masked patches of the first `fit` pictures alone; None where either part has none."""
+    n, patches, dim = tokens.shape
+    cols = columns.expand(n, patches)
+    train, test = mask.clone(), mask.clone()
+    train[fit:], test[:fit] = False, False
+    if not train.any() or not test.any():
+        return None
+    x = torch.cat([tokens[train], torch.ones(int(train.sum()), 1, dtype=torch.float64)], 1)
+    weights = torch.linalg.solve(x.T @ x + lam * torch.eye(dim + 1, dtype=torch.float64), x.T @ cols[train])
+    guess = torch.cat([tokens[test], torch.ones(int(test.sum()), 1, dtype=torch.float64)], 1) @ weights
+    truth = cols[test]
+    r2 = float(1 - ((guess - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
+    middle = (side - 1) / 2
+    half = float(((guess < middle) == (truth < middle)).double().mean())
+    return r2, half, int(test.sum())
 
 
 def build_parser():
@@ -180,6 +214,11 @@ def main(argv=None):
         right, pairs = got["left_of"]
         print(f"{regime:8s} R^2 all patches {got['patches']:.2f}, object centres {centres}; "
               f"left-of ordered right {right} of {pairs} pairs" + (f" ({100 * right / pairs:.0f}%)" if pairs else ""))
+        for kind in ("object", "background"):
+            if got[kind] is not None:
+                r2, half, count = got[kind]
+                print(f"{'':8s} fitted on {kind} patches alone: R^2 {r2:.2f}, half (left/right of the middle) "
+                      f"read right {100 * half:.0f}% of {count} held-out {kind} patches")
     return 0
 
 
