@@ -564,6 +564,30 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
     for per_layer in shares.values():
         assert len(per_layer) == model.config.num_hidden_layers
         assert all(abs(sum(row.values()) - 1) < 1e-4 for row in per_layer)  # every position counted once
+    # the grounding check asks the committed model its "Which half ...?" question; it answers in words
+    items = probe.grounding_items(os.path.join(world, "eval", "complex"))
+    given, right = probe.grounding(model, tokenizer, processor, "v1", items[:3])
+    assert sum(given.values()) == 3 and 0 <= right <= 3 and all(isinstance(a, str) and a for a in given)
+
+
+def test_grounding_items_ask_about_every_object_named_once_and_clear_of_the_middle(tmp_path):
+    from llava.testbed import probe
+
+    world = gen.generate(str(tmp_path / "world"), seed=0, train_images=0, eval_images=12)
+    regime = os.path.join(world, "eval", "complex")
+    items = probe.grounding_items(regime)
+    scenes = {s["image"]: s for s in rows(os.path.join(regime, "scenes.jsonl"))}
+    expected = 0
+    for scene in scenes.values():
+        names = [f"{o['colour']} {o['shape']}" for o in scene["objects"]]
+        expected += sum(names.count(n) == 1 and abs((o["box"][0] + o["box"][2]) / 2 - SIZE / 2) >= 24
+                        for n, o in zip(names, scene["objects"]))
+    assert len(items) == expected > 12
+    for image, question, answer in items:
+        name = re.match(r"Which half of the image is the (\w+ \w+) in\?", question).group(1)
+        (o,) = [o for o in scenes[os.path.basename(image)]["objects"] if f"{o['colour']} {o['shape']}" == name]
+        assert answer == ("Left" if (o["box"][0] + o["box"][2]) / 2 < SIZE / 2 else "Right")
+    assert len(probe.grounding_items(regime, limit=2)) < len(items)
 
 
 def test_column_readout_finds_where_patches_are_only_when_their_tokens_say_it(tmp_path):

@@ -138,10 +138,17 @@ def where_turn(scene, rng):
     LLaVA-1.5 trains on region-level data (RefCOCO, Visual Genome boxes) for the same reason: it teaches the
     LLM to read where an object is, which the relative question ("Is the A to the left of the B?") needs
     twice and then compares."""
-    sided = [o for o in named_once(scene) if abs(o.centre[0] - SIZE / 2) >= 24]
-    if not sided:
-        return None
-    o = rng.choice(sided)
+    sided = groundable(scene)
+    return where_question(rng.choice(sided)) if sided else None
+
+
+def groundable(scene):
+    """The objects a grounding turn may ask about: named once, and at least 24 px from the middle."""
+    return [o for o in named_once(scene) if abs(o.centre[0] - SIZE / 2) >= 24]
+
+
+def where_question(o):
+    """(question, answer) of the grounding turn about object o."""
     return f"Which half of the image is the {o.name} in?" + SHORT, "Left" if o.centre[0] < SIZE / 2 else "Right"
 
 

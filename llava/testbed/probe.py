@@ -91,6 +91,41 @@ def questions(sets, regime, per_type):
     return out
 
 
+def grounding_items(regime_dir, limit=None):
+    """(image path, "Which half of the image is the X in?" + the short-answer instruction, "Left"/"Right") for
+    every object of the regime's eval pictures that the grounding turns of `generate --where-share` could ask
+    about (named once in its picture, at least 24 px from the middle); the first `limit` pictures."""
+    from llava.eval.scoring_io import read_jsonl
+    from llava.testbed.generate import groundable, where_question
+    from llava.testbed.world import Obj, Scene
+
+    out = []
+    for row in read_jsonl(os.path.join(regime_dir, "scenes.jsonl"), "scenes file")[:limit]:
+        scene = Scene(row["regime"], (0, 0, 0), objects=[Obj(o["shape"], o["colour"], tuple(o["box"]))
+                                                         for o in row["objects"]], word=row.get("word"))
+        out += [(os.path.join(regime_dir, "images", row["image"]), *where_question(o)) for o in groundable(scene)]
+    return out
+
+
+@torch.no_grad()
+def grounding(model, tokenizer, processor, conv_mode, items):
+    """{answer given: count} and the number right, asking each item's question greedily, unpruned."""
+    from argparse import Namespace
+
+    from llava.eval.common import full_prompt, generate_answers, image_prompt, prompt_ids
+    from llava.mm_utils import load_image, process_images
+
+    given, right = defaultdict(int), 0
+    for image_file, question, answer in items:
+        image = load_image(image_file)
+        ids = prompt_ids(full_prompt(image_prompt(question, model.config), conv_mode), tokenizer)
+        got = generate_answers(model, tokenizer, [ids], process_images([image], processor, model.config),
+                               [image.size], Namespace(temperature=0, max_new_tokens=4))[0]
+        given[got] += 1
+        right += got.lower() == answer.lower()
+    return dict(given), right
+
+
 def column_readout(features, regime_dir, held_out=0.3, lam=1.0, batch=20):
     """{"patches": R^2, "centres": R^2, "left_of": (ordered right, pairs)} of a ridge map (penalty lam) from
     a patch token to its column, fitted on all patches of the first 1 - held_out of the regime's pictures
@@ -206,6 +241,15 @@ def main(argv=None):
         from llava.mm_utils import process_images
 
         return model.encode_images(to_model(process_images(images, processor, model.config), model))
+
+    print('grounding: "Which half of the image is the X in?" about every object named once and clear of the middle')
+    for regime in args.regimes:
+        items = grounding_items(os.path.join(args.sets, regime))
+        given, right = grounding(model, tokenizer, processor, conv_mode, items)
+        answers = ", ".join(f"{a!r} {n}" for a, n in sorted(given.items(), key=lambda kv: -kv[1])[:4])
+        truth = sum(a == "Left" for _, _, a in items)
+        print(f"{regime:8s} {right} of {len(items)} right; answers given: {answers}; truth Left {truth}, "
+              f"Right {len(items) - truth}")
 
     print("where a patch is: its column read by a ridge map from the LLM's patch tokens (held-out pictures)")
     for regime in args.regimes:
