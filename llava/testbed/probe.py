@@ -15,6 +15,10 @@ objects more than 30 px apart as the position questions do), and maps fitted on 
 those inside an object's box and the background (R^2, and how often the map puts a held-out patch on the
 right side of the middle, the grounding turn's "Which half ...?"). The LLM also gets the tokens' order, but
 that counts row by row, so a column is only there as the order modulo 24.
+
+And it asks the grounding turn of `generate --where-share` ("Which half of the image is the red star
+in?" -> "Left"/"Right") about every object of the eval pictures such a turn could name, greedily and
+unpruned, and counts the answers: whether the LLM uses a side the tokens carry.
 """
 import os
 import sys
