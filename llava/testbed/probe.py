@@ -151,13 +151,7 @@ def column_readout(features, regime_dir, held_out=0.3, lam=1.0, batch=20):
     n, patches, dim = tokens.shape
     side = int(round(patches ** 0.5))
     columns = torch.arange(patches, dtype=torch.float64) % side
-    x = torch.cat([tokens[:fit].reshape(-1, dim), torch.ones(fit * patches, 1, dtype=torch.float64)], 1)
-    weights = torch.linalg.solve(x.T @ x + lam * torch.eye(dim + 1, dtype=torch.float64), x.T @ columns.repeat(fit))
-    predicted = torch.cat([tokens[fit:], torch.ones(n - fit, patches, 1, dtype=torch.float64)], 2) @ weights
-
-    def r2(guess, truth):
-        return float(1 - ((guess - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
-
+    predicted = _predict(tokens[fit:], _ridge(tokens[:fit].reshape(-1, dim), columns.repeat(fit), lam))
     size = Image.open(os.path.join(regime_dir, "images", scenes[0]["image"])).size[0]
     centres, truth, right, pairs = [], [], 0, 0
     for k, scene in enumerate(scenes[fit:]):
@@ -177,8 +171,8 @@ def column_readout(features, regime_dir, held_out=0.3, lam=1.0, batch=20):
     on_object = torch.stack([object_patches(scene, side, size) for scene in scenes])  # [N, P] bool
     per_kind = {kind: _kind_readout(tokens, columns, mask, fit, lam, side)
                 for kind, mask in (("object", on_object), ("background", ~on_object))}
-    return {"patches": r2(predicted.reshape(-1), columns.repeat(n - fit)),
-            "centres": r2(torch.tensor(centres), torch.tensor(truth)) if len(truth) > 1 else None,
+    return {"patches": _r2(predicted.reshape(-1), columns.repeat(n - fit)),
+            "centres": _r2(torch.tensor(centres), torch.tensor(truth)) if len(truth) > 1 else None,
             "left_of": (right, pairs), **per_kind}
 
 
@@ -195,20 +189,34 @@ def object_patches(scene, side, size):
 def _kind_readout(tokens, columns, mask, fit, lam, side):
     """(R^2, share of held-out patches whose half is read right, held-out patches) of a ridge map to the
     column fitted on the masked patches of the first `fit` pictures alone; None where either part has none."""
-    n, patches, dim = tokens.shape
-    cols = columns.expand(n, patches)
+    cols = columns.expand(mask.shape)
     train, test = mask.clone(), mask.clone()
     train[fit:], test[:fit] = False, False
     if not train.any() or not test.any():
         return None
-    x = torch.cat([tokens[train], torch.ones(int(train.sum()), 1, dtype=torch.float64)], 1)
-    weights = torch.linalg.solve(x.T @ x + lam * torch.eye(dim + 1, dtype=torch.float64), x.T @ cols[train])
-    guess = torch.cat([tokens[test], torch.ones(int(test.sum()), 1, dtype=torch.float64)], 1) @ weights
-    truth = cols[test]
-    r2 = float(1 - ((guess - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
+    guess, truth = _predict(tokens[test], _ridge(tokens[train], cols[train], lam)), cols[test]
     middle = (side - 1) / 2
     half = float(((guess < middle) == (truth < middle)).double().mean())
-    return r2, half, int(test.sum())
+    return _r2(guess, truth), half, int(test.sum())
+
+
+def _with_bias(x):
+    return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], -1)
+
+
+def _ridge(x, y, lam):
+    """Weights (bias last, penalised too) of the ridge map from the rows of x [M, D] to y [M], penalty lam."""
+    x = _with_bias(x)
+    return torch.linalg.solve(x.T @ x + lam * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+
+
+def _predict(x, weights):
+    """The ridge map's guess for every row of x [..., D]."""
+    return _with_bias(x) @ weights
+
+
+def _r2(guess, truth):
+    return float(1 - ((guess - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
 
 
 def build_parser():
