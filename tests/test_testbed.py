@@ -269,6 +269,28 @@ def test_tower_training_runs_and_saves_a_loadable_clip_tower(tmp_path):
     assert model.patch_where is None and "patch_where" not in log[-1]  # off unless asked for
 
 
+def test_tower_held_out_metrics_are_reported_per_regime():
+    """The held-out presence F1 and object-patch pair accuracy are also given per regime (batches alternate
+    simple and complex pictures), so a tower that knows simple pictures and not complex ones shows it."""
+    from llava.testbed.tower import GRID, PAIRS, TEXTS, batch, losses
+
+    data = batch(random.Random(0), 4)
+    _, present, _, _, ppair, _, _ = data
+    simple = torch.tensor([True, False, True, False])  # pictures 0 and 2 are simple
+
+    def heads(x):  # right about the simple pictures, wrong about the complex ones
+        present_logits = torch.where(simple[:, None], 50 * (2 * present - 1), -50 * (2 * present - 1))
+        pair_guess = torch.where(simple[:, None], ppair, (ppair + 1) % (len(PAIRS) + 1))
+        return (present_logits, torch.zeros(4, 16), torch.zeros(4, len(TEXTS) + 1),
+                50 * torch.nn.functional.one_hot(pair_guess, len(PAIRS) + 1).float(),
+                torch.zeros(4, GRID * GRID, 2), None, torch.full((4, GRID * GRID), 1 / 576))
+
+    _, _, metrics = losses(heads, data)
+    assert metrics["present_f1_simple"] == metrics["pair_acc_simple"] == 1.0
+    assert metrics["present_f1_complex"] == metrics["pair_acc_complex"] == 0.0
+    assert 0 < metrics["present_f1"] < 1 and 0 < metrics["pair_acc"] < 1  # pooled over both, as before
+
+
 def test_tower_where_loss_asks_each_patch_token_for_its_row_and_column(tmp_path):
     """--where-weight: the head on every select-layer patch token is scored against the token's row and column
     in the tower's row-major patch order (column = index % 24), and training with it logs both."""

@@ -189,6 +189,11 @@ def where_loss(logits, index, code):
     return F.binary_cross_entropy_with_logits(logits, past), (logits > 0).sum(-1)
 
 
+def _f1(guess, truth):
+    """F1 of boolean guesses against boolean truth, pooled over every label (0 when neither has a positive)."""
+    return float(2 * (guess & truth).sum() / (guess.sum() + truth.sum()).clamp(min=1))
+
+
 def losses(model, data, attn_weight=1.0, where_weight=0.0):
     x, present, count, text, ppair, pcentre, target = data
     p, c, t, pp, pc, w, a = model(x)
@@ -205,17 +210,23 @@ def losses(model, data, attn_weight=1.0, where_weight=0.0):
              "patch_centre": F.cross_entropy(pc.flatten(0, 1), pcentre.flatten(), weight=torch.tensor([1.0, 20.0])),
              # the CLS attention row: cross-entropy to attention_target (at best the target's own entropy)
              "attention": attn_weight * -(target * log_a).sum(-1).mean()}
+    pair_right = pp.argmax(-1) == ppair
     metrics = {"present_exact": float(((p > 0) == present.bool()).all(-1).float().mean()),
-               "present_f1": float(2 * ((p > 0) & present.bool()).sum() / ((p > 0).sum() + present.sum()).clamp(min=1)),
+               "present_f1": _f1(p > 0, present.bool()),
                "count_acc": float((c.argmax(-1) == count).float().mean()),
                "text_acc": float((t.argmax(-1) == text).float().mean()),
-               "pair_acc": float((pp.argmax(-1) == ppair)[ppair > 0].float().mean()),
+               "pair_acc": float(pair_right[ppair > 0].float().mean()),
                "centre_recall": float((pc.argmax(-1) == 1)[pcentre == 1].float().mean()),
                "centre_precision": float(((pc.argmax(-1) == 1) & (pcentre == 1)).sum() / (pc.argmax(-1) == 1).sum().clamp(min=1)),
                # batches alternate simple (even) and complex (odd) pictures
                "attention_entropy_simple": float(entropy[0::2].mean()),
                "attention_entropy_complex": float(entropy[1::2].mean()),
                "attention_on_objects": float(on_objects.mean())}
+    for name, rows in (("simple", slice(0, None, 2)), ("complex", slice(1, None, 2))):
+        # what the LLM can learn of a regime is bounded by what its tokens say: per regime, the CLS token's
+        # presence F1 (POPE asks the same) and the object patches' pair accuracy (colour, counting)
+        metrics["present_f1_" + name] = _f1(p[rows] > 0, present[rows].bool())
+        metrics["pair_acc_" + name] = float(pair_right[rows][ppair[rows] > 0].float().mean())
     if w is not None:
         column = torch.arange(GRID * GRID) % GRID  # patches row by row, as the tower orders them
         row = torch.arange(GRID * GRID) // GRID
