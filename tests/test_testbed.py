@@ -586,6 +586,14 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
     for per_layer in shares.values():
         assert len(per_layer) == model.config.num_hidden_layers
         assert all(abs(sum(row.values()) - 1) < 1e-4 for row in per_layer)  # every position counted once
+    # the binding read-out: per layer, per head, shares of the answer position's attention on the image
+    items = probe.binding_items(os.path.join(world, "eval", "complex"))[:2]
+    per_layer = probe.binding(model, tokenizer, processor, "v1", items)
+    assert len(per_layer) == model.config.num_hidden_layers
+    for on_asked, on_others, selectivity in per_layer:
+        heads = model.config.num_attention_heads
+        assert on_asked.shape == on_others.shape == selectivity.shape == (heads,)
+        assert bool(((on_asked >= 0) & (on_others >= 0) & (on_asked + on_others <= 1 + 1e-4)).all())
     # the grounding check asks the committed model its "Which half ...?" question; it answers in words
     items = probe.grounding_items(os.path.join(world, "eval", "complex"))
     given, right = probe.grounding(model, tokenizer, processor, "v1", items[:3])
@@ -642,6 +650,42 @@ def test_column_readout_finds_where_patches_are_only_when_their_tokens_say_it(tm
         assert r2 < 0.1 and 0.3 < half < 0.7
     with pytest.raises(ValueError, match="held out"):
         probe.column_readout(placed, regime, held_out=0.0)
+
+
+def test_binding_items_ask_the_colour_of_every_shape_named_once_beside_other_objects(tmp_path):
+    from llava.testbed import probe
+
+    world = gen.generate(str(tmp_path / "world"), seed=0, train_images=0, eval_images=12)
+    for regime in ("simple", "complex"):
+        folder = os.path.join(world, "eval", regime)
+        scenes = {s["image"]: s for s in rows(os.path.join(folder, "scenes.jsonl"))}
+        items = probe.binding_items(folder)
+        assert items
+        for image, question, asked, others in items:
+            shape = re.match(r"What colour is the (\w+)\?", question).group(1)
+            objects = scenes[os.path.basename(image)]["objects"]
+            (o,) = [o for o in objects if o["shape"] == shape]  # named once
+            assert len(objects) >= 2 and asked.shape == others.shape == (576,)
+            assert not bool((asked & others).any()) and asked.any() and others.any()
+            assert bool((asked <= probe.object_patches({"objects": [o]}, 24, SIZE)).all())
+        assert not any(len(scenes[os.path.basename(i)]["objects"]) < 2 for i, _, _, _ in items)
+
+
+def test_object_shares_tell_a_look_at_the_asked_object_from_a_look_at_every_object():
+    from llava.testbed import probe
+
+    asked = torch.zeros(576, dtype=torch.bool)
+    asked[:4] = True
+    others = torch.zeros(576, dtype=torch.bool)
+    others[100:112] = True
+    row = torch.zeros(3, 576)
+    row[0, :4] = 0.25  # head 0 looks at the asked object only
+    row[1] = 1 / 576  # head 1 looks everywhere alike
+    row[2, 100:112] = 1 / 12  # head 2 looks at the others only
+    on_asked, on_others, selectivity = probe.object_shares(row, asked, others)
+    assert torch.allclose(on_asked, torch.tensor([1.0, 4 / 576, 0.0]))
+    assert torch.allclose(on_others, torch.tensor([0.0, 12 / 576, 1.0]))
+    assert selectivity[0] > 20 and abs(float(selectivity[1])) < 1e-5 and selectivity[2] < -20
 
 
 def test_object_patches_are_the_cells_whose_centre_is_inside_a_box():

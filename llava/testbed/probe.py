@@ -16,6 +16,12 @@ those inside an object's box and the background (R^2, and how often the map puts
 right side of the middle, the grounding turn's "Which half ...?"). The LLM also gets the tokens' order, but
 that counts row by row, so a column is only there as the order modulo 24.
 
+It measures whether the answer binds the question to the picture: for "What colour is the X?" about every
+shape named once in a picture with other objects, the answer position's attention per layer on the X's
+patches and on the other objects' patches, and per head how much more an X patch gets than another object's
+patch (a model that answers with the colour of whichever object it happens to look at gets the same on
+both: a colour in the picture, right about as often as chance among its objects).
+
 And it asks the grounding turn of `generate --where-share` ("Which half of the image is the red star
 in?" -> "Left"/"Right") about every object of the eval pictures such a turn could name, greedily and
 unpruned, and counts the answers: whether the LLM uses a side the tokens carry.
@@ -50,31 +56,86 @@ def spans(prompt, question, tokenizer, image_tokens):
 
 
 @torch.no_grad()
-def attention_shares(model, tokenizer, processor, conv_mode, items):
-    """{question type: [per layer {part: mean share}]} for items (question type, image path, question text)."""
+def answer_attention(model, tokenizer, processor, conv_mode, image_file, text):
+    """(per decoder layer the answer position's attention [heads, positions], PARTS' spans) for one question
+    about one picture, unpruned; the model must run eager attention."""
     from llava.eval.common import full_prompt, image_prompt, prompt_ids, to_model
     from llava.mm_utils import load_image, process_images
 
+    prompt = full_prompt(image_prompt(text, model.config), conv_mode)
+    ids = prompt_ids(prompt, tokenizer)[None].to(model.device)
+    image = load_image(image_file)
+    pixels = to_model(process_images([image], processor, model.config), model)
+    _, _, mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, pixels,
+                                                                          [image.size])
+    out = model.get_model()(inputs_embeds=embeds, attention_mask=mask, output_attentions=True, use_cache=False)
+    parts = spans(prompt, text, tokenizer, embeds.shape[1] - ids.shape[1] + 1)
+    assert parts["instruction"][1] == embeds.shape[1], (parts, embeds.shape)
+    return [attn[0, :, -1].float() for attn in out.attentions], parts
+
+
+def attention_shares(model, tokenizer, processor, conv_mode, items):
+    """{question type: [per layer {part: mean share}]} for items (question type, image path, question text)."""
     sums, counts = defaultdict(lambda: defaultdict(float)), defaultdict(int)
     for kind, image_file, text in items:
-        question = image_prompt(text, model.config)
-        prompt = full_prompt(question, conv_mode)
-        ids = prompt_ids(prompt, tokenizer)[None].to(model.device)
-        image = load_image(image_file)
-        pixels = to_model(process_images([image], processor, model.config), model)
-        _, _, mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, pixels,
-                                                                              [image.size])
-        out = model.get_model()(inputs_embeds=embeds, attention_mask=mask, output_attentions=True, use_cache=False)
-        parts = spans(prompt, text, tokenizer, embeds.shape[1] - ids.shape[1] + 1)
-        assert parts["instruction"][1] == embeds.shape[1], (parts, embeds.shape)
-        for layer, attn in enumerate(out.attentions):
-            row = attn[0, :, -1].float().mean(0)  # the answer position, head-averaged
+        rows, parts = answer_attention(model, tokenizer, processor, conv_mode, image_file, text)
+        for layer, row in enumerate(rows):
+            row = row.mean(0)  # head-averaged
             for name, (a, b) in parts.items():
                 sums[(kind, layer)][name] += float(row[a:b].sum())
         counts[kind] += 1
     layers = len(model.get_model().layers)
     return {kind: [{p: sums[(kind, layer)][p] / n for p in PARTS} for layer in range(layers)]
             for kind, n in counts.items()}
+
+
+def binding_items(regime_dir, limit=None):
+    """(image path, "What colour is the X?" + the short-answer instruction, [P] bool patches of the X,
+    [P] bool patches of the picture's other objects) for every shape named once in a picture with other
+    objects (the eval's colour questions are drawn from these), on the 24 x 24 grid; the first `limit`
+    pictures. Patches under both are left out of both."""
+    from PIL import Image
+
+    from llava.eval.scoring_io import read_jsonl
+    from llava.testbed.generate import SHORT
+
+    out = []
+    for row in read_jsonl(os.path.join(regime_dir, "scenes.jsonl"), "scenes file")[:limit]:
+        image = os.path.join(regime_dir, "images", row["image"])
+        size = Image.open(image).size[0]
+        shapes = [o["shape"] for o in row["objects"]]
+        for o in row["objects"]:
+            if shapes.count(o["shape"]) != 1 or len(shapes) < 2:
+                continue
+            asked = object_patches({"objects": [o]}, 24, size)
+            others = object_patches({"objects": [p for p in row["objects"] if p is not o]}, 24, size)
+            asked, others = asked & ~others, others & ~asked
+            if asked.any() and others.any():
+                out.append((image, f"What colour is the {o['shape']}?" + SHORT, asked, others))
+    return out
+
+
+def object_shares(row, asked, others):
+    """(share on the asked object's patches [H], share on the other objects' patches [H], log per-patch
+    selectivity [H]: the mean attention of an asked patch over that of another object's patch) of one
+    answer position's attention over the image patches, row [H, P]; asked, others [P] bool."""
+    on_asked, on_others = row[:, asked].sum(-1), row[:, others].sum(-1)
+    tiny = torch.finfo(row.dtype).tiny
+    selectivity = torch.log((on_asked / int(asked.sum()) + tiny) / (on_others / int(others.sum()) + tiny))
+    return on_asked, on_others, selectivity
+
+
+def binding(model, tokenizer, processor, conv_mode, items):
+    """Per decoder layer, (share on the asked object [H], share on the others [H], log per-patch selectivity
+    [H]), each the mean over items (binding_items): whether the answer position of "What colour is the X?"
+    looks at the X rather than at every object, head by head."""
+    sums = None
+    for image_file, text, asked, others in items:
+        rows, parts = answer_attention(model, tokenizer, processor, conv_mode, image_file, text)
+        a, b = parts["image"]
+        got = [torch.stack(object_shares(row[:, a:b], asked, others)) for row in rows]
+        sums = got if sums is None else [s + g for s, g in zip(sums, got)]
+    return [tuple(s / len(items)) for s in sums]
 
 
 def questions(sets, regime, per_type):
@@ -253,6 +314,20 @@ def main(argv=None):
         from llava.mm_utils import process_images
 
         return model.encode_images(to_model(process_images(images, processor, model.config), model))
+
+    print('binding: "What colour is the X?" with other objects in the picture; per layer, the answer position\'s '
+          "attention on the X / on the other objects (head mean), and the most selective head's attention per "
+          "patch of the X over per patch of the others")
+    for regime in args.regimes:
+        items = binding_items(os.path.join(args.sets, regime))
+        if not items:
+            continue
+        cells = []
+        for i, (on_asked, on_others, selectivity) in enumerate(binding(model, tokenizer, processor, conv_mode, items)):
+            best = int(selectivity.argmax())
+            cells.append(f"L{i}: {float(on_asked.mean()):.2f} / {float(on_others.mean()):.2f}, "
+                         f"h{best} x{float(selectivity[best].exp()):.1f}")
+        print(f"{regime:8s} {len(items)} questions  " + "  ".join(cells))
 
     print('grounding: "Which half of the image is the X in?" about every object named once and clear of the middle')
     for regime in args.regimes:
