@@ -594,6 +594,8 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
         heads = model.config.num_attention_heads
         assert on_asked.shape == on_others.shape == selectivity.shape == (heads,)
         assert bool(((on_asked >= 0) & (on_others >= 0) & (on_asked + on_others <= 1 + 1e-4)).all())
+    with pytest.raises(ValueError, match="no colour question"):
+        probe.binding(model, tokenizer, processor, "v1", [])
     # the grounding check asks the committed model its "Which half ...?" question; it answers in words
     items = probe.grounding_items(os.path.join(world, "eval", "complex"))
     given, right = probe.grounding(model, tokenizer, processor, "v1", items[:3])

@@ -129,6 +129,8 @@ def binding(model, tokenizer, processor, conv_mode, items):
     """Per decoder layer, (share on the asked object [H], share on the others [H], log per-patch selectivity
     [H]), each the mean over items (binding_items): whether the answer position of "What colour is the X?"
     looks at the X rather than at every object, head by head."""
+    if not items:
+        raise ValueError("binding: no colour question to ask (no shape named once beside other objects)")
     sums = None
     for image_file, text, asked, others in items:
         rows, parts = answer_attention(model, tokenizer, processor, conv_mode, image_file, text)
