@@ -65,6 +65,11 @@ def named_once(scene):
     return [o for o in scene.objects if sum(p.name == o.name for p in scene.objects) == 1]
 
 
+def colour_question(shape):
+    """The colour question about the one object of that shape in a picture."""
+    return f"What colour is the {shape}?"
+
+
 def vqa_questions(scene, rng):
     """[(type, question, answer)] about colour, counting, relative position and reading."""
     out = []
@@ -75,7 +80,7 @@ def vqa_questions(scene, rng):
     by_shape = Counter(o.shape for o in scene.objects)
     unique = [o for o in scene.objects if by_shape[o.shape] == 1]
     for o in rng.sample(unique, min(2, len(unique))):
-        out.append(("colour", f"What colour is the {o.shape}?", o.colour))
+        out.append(("colour", colour_question(o.shape), o.colour))
     shapes = rng.sample(SHAPES, 2)
     for s in shapes:
         out.append(("counting", f"How many {plural(s)} are there in the image?", str(by_shape[s])))

@@ -97,7 +97,7 @@ def binding_items(regime_dir, limit=None):
     from PIL import Image
 
     from llava.eval.scoring_io import read_jsonl
-    from llava.testbed.generate import SHORT
+    from llava.testbed.generate import SHORT, colour_question
 
     out = []
     for row in read_jsonl(os.path.join(regime_dir, "scenes.jsonl"), "scenes file")[:limit]:
@@ -111,7 +111,7 @@ def binding_items(regime_dir, limit=None):
             others = object_patches({"objects": [p for p in row["objects"] if p is not o]}, 24, size)
             asked, others = asked & ~others, others & ~asked
             if asked.any() and others.any():
-                out.append((image, f"What colour is the {o['shape']}?" + SHORT, asked, others))
+                out.append((image, colour_question(o["shape"]) + SHORT, asked, others))
     return out
 
 
