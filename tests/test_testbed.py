@@ -80,6 +80,36 @@ def test_where_share_adds_grounding_turns_that_match_the_picture(world, tmp_path
         gen.main(["--out", str(tmp_path / "bad"), "--where-share", "-0.5"])
 
 
+def test_sentence_share_answers_colour_turns_with_a_sentence_naming_the_asked_shape(tmp_path):
+    """--sentence-share turns that share of the stage-2 colour turns into "What colour is the X?" (no
+    short-answer instruction) -> "The X is <its colour>."; every other turn, stage 3, the pictures and the eval
+    sets stay those of the same seed, and share 0 (the committed world) writes none."""
+    other = gen.generate(str(tmp_path / "w"), seed=3, train_images=60, eval_images=16, sentence_share=1.0)
+    same = gen.generate(str(tmp_path / "w0"), seed=3, train_images=60, eval_images=16)
+    for rel in ("train/qa.json", "train/pretrain.json", "train/tower.jsonl", "eval/simple/vqa/questions.jsonl"):
+        assert filecmp.cmp(os.path.join(same, rel), os.path.join(other, rel), shallow=False), rel
+    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
+    new = json.load(open(os.path.join(other, "train", "finetune.json")))
+    old = json.load(open(os.path.join(same, "train", "finetune.json")))
+    sentences = 0
+    for a, b in zip(new, old):
+        for (q, ans), (q0, ans0) in zip(zip(a["conversations"][::2], a["conversations"][1::2]),
+                                       zip(b["conversations"][::2], b["conversations"][1::2])):
+            m = re.search(r"What colour is the (\w+)\?", q0["value"])
+            if not m:
+                assert (q, ans) == (q0, ans0)
+                continue
+            sentences += 1
+            colour = next(o["colour"] for o in scenes[int(a["image"][:6])]["objects"] if o["shape"] == m.group(1))
+            assert ans0["value"] == colour.capitalize() and gen.SHORT in q0["value"]
+            assert ans["value"] == f"The {m.group(1)} is {colour}." and q["value"] == q0["value"].replace(gen.SHORT, "")
+    assert sentences > 10
+    assert json.load(open(os.path.join(other, "world.json")))["sentence_share"] == 1.0
+    assert "sentence_share" not in json.load(open(os.path.join(same, "world.json")))
+    with pytest.raises(SystemExit, match="--sentence-share .* between 0 and 1, got 2.0"):
+        gen.main(["--out", str(tmp_path / "bad"), "--sentence-share", "2"])
+
+
 def test_regimes_follow_their_definitions():
     rng = random.Random(0)
     for _ in range(60):
@@ -564,8 +594,30 @@ def test_sweep_answers_as_the_eval_entry_points_run_alone(tmp_path):
     assert sweep.run_one("complex", "fastv", 32, sets, out, model) is False
 
 
+def ids_of(prompt, tokenizer):
+    """The prompt's token ids without the image placeholder."""
+    from llava.eval.common import prompt_ids
+
+    return [i for i in prompt_ids(prompt, tokenizer).tolist() if i >= 0]
+
+
+def test_class_readout_names_labels_the_states_carry_and_not_others():
+    """The question-reach read-out: a ridge map names held-out labels written in the states, and does no
+    better than about chance on states that do not carry them."""
+    from llava.testbed import probe
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 6, (300,), generator=g)
+    fit = torch.arange(300) < 200
+    noise = torch.randn(300, 32, generator=g, dtype=torch.float64)
+    carried = noise.clone()
+    carried[:, :6] += 5 * torch.nn.functional.one_hot(labels, 6)
+    assert probe.class_readout(carried, labels, fit) > 0.95
+    assert probe.class_readout(noise, labels, fit) < 0.4
+
+
 def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_path):
-    from llava.eval.common import full_prompt, prompt_ids
+    from llava.eval.common import full_prompt
     from llava.model.builder import load_pretrained_model
     from llava.testbed import probe
 
@@ -575,9 +627,9 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
     text = "How many stars are there in the image?" + gen.SHORT
     prompt = full_prompt("<image>\n" + text, "v1")
     parts = probe.spans(prompt, text, tokenizer, 576)
-    ids = [i for i in prompt_ids(prompt, tokenizer).tolist() if i >= 0]
+    ids = ids_of(prompt, tokenizer)
     a, b = parts["question"]
-    assert tokenizer.decode(ids[a - 575:b - 575]).strip() == "How many stars are there in the image?"
+    assert tokenizer.decode(ids[a - 576:b - 576]).strip() == "How many stars are there in the image?"
     assert parts["image"][1] - parts["image"][0] == 576 and parts["instruction"][1] == len(ids) + 576
     world = gen.generate(str(tmp_path / "world"), seed=0, train_images=0, eval_images=2)
     items = probe.questions(os.path.join(world, "eval"), "simple", 1)
@@ -596,6 +648,21 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
         assert bool(((on_asked >= 0) & (on_others >= 0) & (on_asked + on_others <= 1 + 1e-4)).all())
     with pytest.raises(ValueError, match="no colour question"):
         probe.binding(model, tokenizer, processor, "v1", [])
+    # the question-reach read-out finds the asked shape's word in the prompt ...
+    text = gen.colour_question("diamond") + gen.SHORT
+    prompt = full_prompt("<image>\n" + text, "v1")
+    a, b = probe.word_span(prompt, probe.asked_shape(text), tokenizer, 576)
+    assert tokenizer.decode(ids_of(prompt, tokenizer)[a - 576:b - 576]).strip() == "diamond"
+    with pytest.raises(ValueError, match="not a colour question"):
+        probe.asked_shape("How many stars are there in the image?")
+    # ... and the committed model carries it to the answer position: one layer-0 head looks at the word, and
+    # from layer 1 on the answer position's state names the asked shape on held-out pictures
+    items = probe.binding_items(os.path.join(gen.generate(str(tmp_path / "w20"), seed=5, train_images=0,
+                                                          eval_images=20), "eval", "complex"))
+    got = probe.question_reach(model, tokenizer, processor, "v1", items)
+    assert len(got["word"]) == model.config.num_hidden_layers and len(got["readout"]) == len(got["word"]) + 1
+    assert float(got["word"][0].max()) > 0.3 and got["held_out"] >= 10
+    assert got["readout"][0] <= got["chance"] + 1e-9 < 0.5 < 0.8 <= got["readout"][1]
     # the grounding check asks the committed model its "Which half ...?" question; it answers in words
     items = probe.grounding_items(os.path.join(world, "eval", "complex"))
     given, right = probe.grounding(model, tokenizer, processor, "v1", items[:3])

@@ -20,7 +20,9 @@ It measures whether the answer binds the question to the picture: for "What colo
 shape named once in a picture with other objects, the answer position's attention per layer on the X's
 patches and on the other objects' patches, and per head how much more an X patch gets than another object's
 patch (a model that answers with the colour of whichever object it happens to look at gets the same on
-both: a colour in the picture, right about as often as chance among its objects).
+both: a colour in the picture, right about as often as chance among its objects). For that, the asked shape
+must first reach the answer position from the question: it shows the answer position's attention on the
+shape's word and how well a ridge map reads the asked shape from that position's state, layer by layer.
 
 And it asks the grounding turn of `generate --where-share` ("Which half of the image is the red star
 in?" -> "Left"/"Right") about every object of the eval pictures such a turn could name, greedily and
@@ -56,9 +58,10 @@ def spans(prompt, question, tokenizer, image_tokens):
 
 
 @torch.no_grad()
-def answer_attention(model, tokenizer, processor, conv_mode, image_file, text):
+def answer_attention(model, tokenizer, processor, conv_mode, image_file, text, states=False):
     """(per decoder layer the answer position's attention [heads, positions], PARTS' spans) for one question
-    about one picture, unpruned; the model must run eager attention."""
+    about one picture, unpruned; the model must run eager attention. With states, a third item: the answer
+    position's hidden state [layers + 1, D], the input of every decoder layer and the last one's output."""
     from llava.eval.common import full_prompt, image_prompt, prompt_ids, to_model
     from llava.mm_utils import load_image, process_images
 
@@ -68,10 +71,14 @@ def answer_attention(model, tokenizer, processor, conv_mode, image_file, text):
     pixels = to_model(process_images([image], processor, model.config), model)
     _, _, mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, pixels,
                                                                           [image.size])
-    out = model.get_model()(inputs_embeds=embeds, attention_mask=mask, output_attentions=True, use_cache=False)
+    out = model.get_model()(inputs_embeds=embeds, attention_mask=mask, output_attentions=True,
+                            output_hidden_states=states, use_cache=False)
     parts = spans(prompt, text, tokenizer, embeds.shape[1] - ids.shape[1] + 1)
     assert parts["instruction"][1] == embeds.shape[1], (parts, embeds.shape)
-    return [attn[0, :, -1].float() for attn in out.attentions], parts
+    rows = [attn[0, :, -1].float() for attn in out.attentions]
+    if states:
+        return rows, parts, torch.stack([h[0, -1] for h in out.hidden_states]).float()
+    return rows, parts
 
 
 def attention_shares(model, tokenizer, processor, conv_mode, items):
@@ -138,6 +145,73 @@ def binding(model, tokenizer, processor, conv_mode, items):
         got = [torch.stack(object_shares(row[:, a:b], asked, others)) for row in rows]
         sums = got if sums is None else [s + g for s, g in zip(sums, got)]
     return [tuple(s / len(items)) for s in sums]
+
+
+def asked_shape(text):
+    """The X of a binding item's "What colour is the X?"."""
+    from llava.testbed.generate import colour_question
+
+    head = colour_question("")[:-1]
+    first = text.replace("<image>", "").strip().split("\n")[0]
+    if not (first.startswith(head) and first.endswith("?")):
+        raise ValueError(f"not a colour question: {text!r}")
+    return first[len(head):-1]
+
+
+def word_span(prompt, word, tokenizer, image_tokens):
+    """Token range (start, end) of `word`, the last word of the question's first line, in the spliced prompt
+    (as spans)."""
+    from llava.eval.common import prompt_ids
+
+    end = prompt.index(word + "?") + len(word)
+    start = end - len(word) - 1  # before the space, which the word's first token carries
+    count = lambda upto: len(prompt_ids(prompt[:upto], tokenizer)) - 1 + image_tokens  # noqa: E731
+    return count(start), count(end)
+
+
+def question_reach(model, tokenizer, processor, conv_mode, items, held_out=0.3, lam=1.0):
+    """Whether the asked shape of "What colour is the X?" reaches the answer position, which must carry it
+    for its attention to pick the X's patches (binding): {"word": per decoder layer [H], the answer
+    position's attention on the X's tokens in the question (mean over items); "readout": per hidden state
+    (each decoder layer's input, then the last one's output), how often a ridge map from the answer
+    position's state to the asked shape, fitted on the items of the first 1 - held_out of the pictures, names
+    it on the rest; "chance": the held-out share of the commonest shape; "held_out": items scored}."""
+    from llava.eval.common import full_prompt, image_prompt
+
+    if not items:
+        raise ValueError("question_reach: no colour question to ask (no shape named once beside other objects)")
+    words, states, shapes = None, [], []
+    for image_file, text, _, _ in items:
+        rows, parts, state = answer_attention(model, tokenizer, processor, conv_mode, image_file, text, states=True)
+        shape = asked_shape(text)
+        prompt = full_prompt(image_prompt(text, model.config), conv_mode)
+        a, b = word_span(prompt, shape, tokenizer, parts["image"][1] - parts["image"][0])
+        got = [row[:, a:b].sum(-1) for row in rows]
+        words = got if words is None else [w + g for w, g in zip(words, got)]
+        states.append(state.double().cpu())
+        shapes.append(shape)
+    pictures = list(dict.fromkeys(image for image, *_ in items))
+    fit_pictures = set(pictures[:max(1, round(len(pictures) * (1 - held_out)))])
+    fit = torch.tensor([image in fit_pictures for image, *_ in items])
+    if fit.all():
+        raise ValueError(f"question_reach: {len(pictures)} pictures leave none held out at held_out={held_out}")
+    names = sorted(set(shapes))
+    labels = torch.tensor([names.index(x) for x in shapes])
+    states = torch.stack(states)  # [N, layers + 1, D]
+    readout = [class_readout(states[:, i], labels, fit, lam) for i in range(states.shape[1])]
+    chance = float(torch.bincount(labels[~fit]).max()) / int((~fit).sum())
+    return {"word": [w / len(items) for w in words], "readout": readout, "chance": chance,
+            "held_out": int((~fit).sum())}
+
+
+def class_readout(x, labels, fit, lam=1.0):
+    """Share of the rows of x [N, D] not in fit [N] bool whose label [N] a ridge map to one-hot labels, fitted
+    on the rows in fit (features standardised on them), names."""
+    mean, std = x[fit].mean(0), x[fit].std(0) + 1e-6
+    z = (x - mean) / std
+    target = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(z.dtype)
+    guess = _predict(z[~fit], _ridge(z[fit], target[fit], lam)).argmax(-1)
+    return float((guess == labels[~fit]).double().mean())
 
 
 def questions(sets, regime, per_type):
@@ -330,6 +404,19 @@ def main(argv=None):
             cells.append(f"L{i}: {float(on_asked.mean()):.2f} / {float(on_others.mean()):.2f}, "
                          f"h{best} x{float(selectivity[best].exp()):.1f}")
         print(f"{regime:8s} {len(items)} questions  " + "  ".join(cells))
+
+    print('question reach: "What colour is the X?"; per layer, the most attentive head\'s share of the answer '
+          "position's attention on the word X; per hidden state (layer inputs, then the output), the asked shape "
+          "read from the answer position by a ridge map (held-out pictures)")
+    for regime in args.regimes:
+        items = binding_items(os.path.join(args.sets, regime))
+        if len({image for image, *_ in items}) < 2:
+            continue
+        got = question_reach(model, tokenizer, processor, conv_mode, items)
+        words = "  ".join(f"L{i}: h{int(w.argmax())} {float(w.max()):.2f}" for i, w in enumerate(got["word"]))
+        reads = " ".join(f"{100 * r:.0f}%" for r in got["readout"])
+        print(f"{regime:8s} {len(items)} questions  word {words}; read-out {reads} "
+              f"(commonest shape {100 * got['chance']:.0f}% of {got['held_out']} held out)")
 
     print('grounding: "Which half of the image is the X in?" about every object named once and clear of the middle')
     for regime in args.regimes:
