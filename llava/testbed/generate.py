@@ -8,6 +8,8 @@ Writes
   DIR/train/qa.json (stage 3: 4 short-answer turns per image, a caption in one of ten: see qa_conversation);
     with --where-share S, that share of the stage-2 and stage-3 conversations also asks which half of the
     picture an object is in (see where_turn),
+    with --sentence-share S, that share of the stage-2 colour turns is answered with a sentence, "The star
+    is red." (see add_sentence_answers),
   DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
   DIR/eval/<simple|complex>/ for each regime:
     images/*.png, scenes.jsonl (the truth about each picture),
@@ -173,6 +175,26 @@ def add_where_turns(records, scenes, rng, share):
     return records
 
 
+def add_sentence_answers(records, rng, share):
+    """Turn `share` of the colour turns into a question without the short-answer instruction, answered with a
+    sentence that names the object first: "What colour is the star?" -> "The star is red.". Upstream LLaVA's
+    stage 2 mixes such long answers with short ones; for a language model trained from nothing they give the
+    head that carries the asked shape to the answer its own gradient (predicting "star" after "The" is a copy
+    from the question), which the short answer alone does not (see the README, *Why colour fell*). `rng` is
+    the world's own stream for these turns, so share 0 writes the same files as a world without them."""
+    head = colour_question("")[:-1]  # "What colour is the "
+    for record in records:
+        conv = record["conversations"]
+        for q, a in zip(conv[0::2], conv[1::2]):
+            text = q["value"].replace("<image>\n", "").replace("\n<image>", "")
+            if share <= 0 or not (text.startswith(head) and text.endswith(SHORT)) or rng.random() >= share:
+                continue
+            shape = text[len(head):-len(SHORT) - 1]
+            q["value"] = q["value"].replace(SHORT, "")
+            a["value"] = f"The {shape} is {a['value'].lower()}."
+    return records
+
+
 def popular_names(scenes):
     counts = Counter(n for s in scenes for n in s.names())
     return [n for n, _ in counts.most_common()] + [n for n in ALL_NAMES if n not in counts]
@@ -191,7 +213,7 @@ def write_json(path, obj):
         json.dump(obj, f)
 
 
-def generate_train(out, n, rng, where_rng=None, where_share=0.0):
+def generate_train(out, n, rng, where_rng=None, where_share=0.0, sentence_rng=None, sentence_share=0.0):
     images = os.path.join(out, "train", "images")
     os.makedirs(images, exist_ok=True)
     pretrain, finetune, tower, scenes = [], [], [], []
@@ -207,6 +229,7 @@ def generate_train(out, n, rng, where_rng=None, where_share=0.0):
         tower.append({"image": name, **scene.to_dict()})
     write_json(os.path.join(out, "train", "pretrain.json"), pretrain)
     add_where_turns(finetune, scenes, where_rng, where_share)
+    add_sentence_answers(finetune, sentence_rng, sentence_share)
     write_json(os.path.join(out, "train", "finetune.json"), finetune)
     write_jsonl(os.path.join(out, "train", "tower.jsonl"), tower)
     return scenes
@@ -268,7 +291,8 @@ def subset_eval(src, dst, images):
     return dst
 
 
-def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1, where_share=0.0):
+def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1, where_share=0.0,
+             sentence_share=0.0):
     """Write the whole world under `out` (see the module docstring)."""
     if not 0.0 <= caption_share <= 1.0:
         raise ValueError(f"--caption-share is the share of stage-3 conversations with a caption: it must be "
@@ -276,9 +300,14 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
     if not 0.0 <= where_share <= 1.0:
         raise ValueError(f"--where-share is the share of training conversations with a grounding turn: it must "
                          f"be between 0 and 1, got {where_share}")
+    if not 0.0 <= sentence_share <= 1.0:
+        raise ValueError(f"--sentence-share is the share of stage-2 colour turns answered with a sentence: it must "
+                         f"be between 0 and 1, got {sentence_share}")
     rng = random.Random(seed)
     where_rng = random.Random(f"where-{seed}")  # its own stream: --where-share 0 leaves every file unchanged
-    scenes = generate_train(out, train_images, random.Random(rng.randint(0, 2**31)), where_rng, where_share)
+    sentence_rng = random.Random(f"sentence-{seed}")  # likewise for --sentence-share
+    scenes = generate_train(out, train_images, random.Random(rng.randint(0, 2**31)), where_rng, where_share,
+                            sentence_rng, sentence_share)
     for regime in ("simple", "complex"):
         generate_eval(out, regime, eval_images, random.Random(rng.randint(0, 2**31)))
     qa_rng = random.Random(rng.randint(0, 2**31))  # drawn last: the files above do not depend on it
@@ -290,6 +319,8 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
             "caption_share": caption_share, "shapes": SHAPES, "colours": list(COLOURS)}
     if where_share > 0:  # absent otherwise, so the committed world's world.json is unchanged
         meta["where_share"] = where_share
+    if sentence_share > 0:
+        meta["sentence_share"] = sentence_share
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump(meta, f)
     return out
@@ -306,13 +337,18 @@ def build_parser():
     p.add_argument("--where-share", type=float, default=0.0,
                    help="share of the stage-2 and stage-3 conversations with a grounding turn (\"Which half of the "
                         "image is the red star in?\" -> Left/Right); 0, the default, writes no such turn")
+    p.add_argument("--sentence-share", type=float, default=0.0,
+                   help="share of the stage-2 colour turns (train/finetune.json) asked without the short-answer "
+                        "instruction and answered with a sentence (\"The star is red.\"); 0, the default, writes "
+                        "short answers only")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        generate(args.out, args.seed, args.train_images, args.eval_images, args.caption_share, args.where_share)
+        generate(args.out, args.seed, args.train_images, args.eval_images, args.caption_share, args.where_share,
+                 args.sentence_share)
     except ValueError as e:
         raise SystemExit(f"llava.testbed.generate: {e}") from None
     print(f"testbed world written to {args.out}")
