@@ -165,8 +165,10 @@ def word_span(prompt, word, tokenizer, image_tokens):
 
     end = prompt.index(word + "?") + len(word)
     start = end - len(word) - 1  # before the space, which the word's first token carries
-    count = lambda upto: len(prompt_ids(prompt[:upto], tokenizer)) - 1 + image_tokens  # noqa: E731
-    return count(start), count(end)
+    def tokens_before(upto):
+        return len(prompt_ids(prompt[:upto], tokenizer)) - 1 + image_tokens
+
+    return tokens_before(start), tokens_before(end)
 
 
 def question_reach(model, tokenizer, processor, conv_mode, items, held_out=0.3, lam=1.0):
