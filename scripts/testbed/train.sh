@@ -24,6 +24,7 @@ TRAIN_IMAGES=${TRAIN_IMAGES:-12000}
 EVAL_IMAGES=${EVAL_IMAGES:-100}
 CAPTION_SHARE=${CAPTION_SHARE:-0.1}          # stage-3 conversations with a "Describe the image." turn
 WHERE_SHARE=${WHERE_SHARE:-0}                # stage-2/3 conversations with a grounding turn (0: the committed world)
+SENTENCE_SHARE=${SENTENCE_SHARE:-0}          # stage-2 colour turns answered "The star is red." (0: the committed world)
 TOWER_STEPS=${TOWER_STEPS:-2000}
 TOWER_WIDTH=${TOWER_WIDTH:-64}
 TOWER_LAYERS=${TOWER_LAYERS:-4}
@@ -60,7 +61,8 @@ WORLD_S=null TOWER_S=null STAGE1_S=null STAGE2_S=null
 t0=$(now)
 if [ ! -f "$WORK/world/world.json" ]; then
     $PY -m llava.testbed.generate --out "$WORK/world" --seed "$SEED" --train-images "$TRAIN_IMAGES" \
-        --eval-images "$EVAL_IMAGES" --caption-share "$CAPTION_SHARE" --where-share "$WHERE_SHARE"
+        --eval-images "$EVAL_IMAGES" --caption-share "$CAPTION_SHARE" --where-share "$WHERE_SHARE" \
+        --sentence-share "$SENTENCE_SHARE"
     WORLD_S=$(($(now) - t0))
 fi
 t1=$(now)
@@ -99,7 +101,7 @@ cat > "$TIMINGS" <<JSON
            "where_weight": $TOWER_WHERE_WEIGHT, "where_code": "$TOWER_WHERE_CODE"},
  "llm": {"hidden": $LLM_HIDDEN, "layers": $LLM_LAYERS},
  "stage1": {"steps": $STAGE1_STEPS, "learning_rate": $STAGE1_LR},
- "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR},
+ "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR, "sentence_share": $SENTENCE_SHARE},
  "stage3": {"steps": $STAGE3_STEPS, "learning_rate": $STAGE3_LR, "caption_share": $CAPTION_SHARE,
             "where_share": $WHERE_SHARE},
  "wall_seconds": {"world": $WORLD_S, "tower": $TOWER_S, "stage1": $STAGE1_S, "stage2": $STAGE2_S,
