@@ -180,8 +180,9 @@ def add_sentence_answers(records, rng, share):
     sentence that names the object first: "What colour is the star?" -> "The star is red.". Upstream LLaVA's
     stage 2 mixes such long answers with short ones; for a language model trained from nothing they give the
     head that carries the asked shape to the answer its own gradient (predicting "star" after "The" is a copy
-    from the question), which the short answer alone does not (see the README, *Why colour fell*). `rng` is
-    the world's own stream for these turns, so share 0 writes the same files as a world without them."""
+    from the question), which the short answer alone does not (see the README, *Where binding breaks* and
+    *Sentence answers*). `rng` is the world's own stream for these turns, so share 0 writes the same files as
+    a world without them."""
     head = colour_question("")[:-1]  # "What colour is the "
     for record in records:
         conv = record["conversations"]
