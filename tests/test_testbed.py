@@ -656,7 +656,7 @@ def test_probe_splits_the_answer_positions_attention_over_the_prompts_parts(tmp_
     with pytest.raises(ValueError, match="not a colour question"):
         probe.asked_shape("How many stars are there in the image?")
     # ... and the committed model carries it to the answer position: one layer-0 head looks at the word, and
-    # from layer 1 on the answer position's state names the asked shape on held-out pictures
+    # at layer 1's input the answer position's state names the asked shape on held-out pictures
     items = probe.binding_items(os.path.join(gen.generate(str(tmp_path / "w20"), seed=5, train_images=0,
                                                           eval_images=20), "eval", "complex"))
     got = probe.question_reach(model, tokenizer, processor, "v1", items)
