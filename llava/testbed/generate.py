@@ -72,6 +72,14 @@ def colour_question(shape):
     return f"What colour is the {shape}?"
 
 
+def colour_question_shape(question):
+    """The shape a colour_question asks about, or None when `question` is not one."""
+    head = colour_question("")[:-1]  # "What colour is the "
+    if question.startswith(head) and question.endswith("?") and " " not in question[len(head):]:
+        return question[len(head):-1]
+    return None
+
+
 def vqa_questions(scene, rng):
     """[(type, question, answer)] about colour, counting, relative position and reading."""
     out = []
@@ -183,14 +191,13 @@ def add_sentence_answers(records, rng, share):
     from the question), which the short answer alone does not (see the README, *Where binding breaks* and
     *Sentence answers*). `rng` is the world's own stream for these turns, so share 0 writes the same files as
     a world without them."""
-    head = colour_question("")[:-1]  # "What colour is the "
     for record in records:
         conv = record["conversations"]
         for q, a in zip(conv[0::2], conv[1::2]):
             text = q["value"].replace("<image>\n", "").replace("\n<image>", "")
-            if share <= 0 or not (text.startswith(head) and text.endswith(SHORT)) or rng.random() >= share:
+            shape = colour_question_shape(text[:-len(SHORT)]) if text.endswith(SHORT) else None
+            if share <= 0 or shape is None or rng.random() >= share:
                 continue
-            shape = text[len(head):-len(SHORT) - 1]
             q["value"] = q["value"].replace(SHORT, "")
             a["value"] = f"The {shape} is {a['value'].lower()}."
     return records

@@ -149,13 +149,12 @@ def binding(model, tokenizer, processor, conv_mode, items):
 
 def asked_shape(text):
     """The X of a binding item's "What colour is the X?"."""
-    from llava.testbed.generate import colour_question
+    from llava.testbed.generate import colour_question_shape
 
-    head = colour_question("")[:-1]
-    first = text.replace("<image>", "").strip().split("\n")[0]
-    if not (first.startswith(head) and first.endswith("?")):
+    shape = colour_question_shape(text.replace("<image>", "").strip().split("\n")[0])
+    if shape is None:
         raise ValueError(f"not a colour question: {text!r}")
-    return first[len(head):-1]
+    return shape
 
 
 def word_span(prompt, word, tokenizer, image_tokens):
@@ -165,6 +164,7 @@ def word_span(prompt, word, tokenizer, image_tokens):
 
     end = prompt.index(word + "?") + len(word)
     start = end - len(word) - 1  # before the space, which the word's first token carries
+
     def tokens_before(upto):
         return len(prompt_ids(prompt[:upto], tokenizer)) - 1 + image_tokens
 
