@@ -110,6 +110,46 @@ def test_sentence_share_answers_colour_turns_with_a_sentence_naming_the_asked_sh
         gen.main(["--out", str(tmp_path / "bad"), "--sentence-share", "2"])
 
 
+def test_pair_share_asks_the_colour_of_both_objects_of_a_pair(tmp_path):
+    """--pair-share gives stage-3 conversations about a picture with two objects of different shapes and colours
+    the colour questions about both, with their true colours; stage 2, the pictures and the eval sets stay
+    those of the same seed, every earlier turn is kept in order, and share 0 (the committed world) adds none."""
+    other = gen.generate(str(tmp_path / "w"), seed=3, train_images=60, eval_images=16, pair_share=1.0)
+    same = gen.generate(str(tmp_path / "w0"), seed=3, train_images=60, eval_images=16)
+    for rel in ("train/finetune.json", "train/pretrain.json", "train/tower.jsonl", "eval/simple/vqa/questions.jsonl"):
+        assert filecmp.cmp(os.path.join(same, rel), os.path.join(other, rel), shallow=False), rel
+    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
+    new = json.load(open(os.path.join(other, "train", "qa.json")))
+    old = json.load(open(os.path.join(same, "train", "qa.json")))
+    paired = added = 0
+    for a, b in zip(new, old):
+        objects = scenes[int(a["image"][:6])]["objects"]
+        turns = list(zip(a["conversations"][::2], a["conversations"][1::2]))
+        before = list(zip(b["conversations"][::2], b["conversations"][1::2]))
+        assert turns[0] == before[0] and all(t in turns for t in before)
+        assert [t for t in turns if t in before] == before  # the old turns, in their order
+        asked = {}
+        for q, ans in turns:
+            m = re.fullmatch(r"(?:<image>\n)?What colour is the (\w+)\?" + re.escape(gen.SHORT), q["value"])
+            if m:
+                (colour,) = [o["colour"] for o in objects if o["shape"] == m.group(1)]
+                assert ans["value"] == colour.capitalize()
+                asked[m.group(1)] = colour
+        added += len(turns) - len(before)
+        shapes = [o["shape"] for o in objects]
+        unique = [o for o in objects if shapes.count(o["shape"]) == 1]
+        if any(x["colour"] != y["colour"] for x in unique for y in unique):
+            assert len(set(asked.values())) >= 2, a["id"]  # two asked shapes whose answers differ
+            paired += 1
+        else:
+            assert len(turns) == len(before)
+    assert paired > 20 and added >= paired
+    assert json.load(open(os.path.join(other, "world.json")))["pair_share"] == 1.0
+    assert "pair_share" not in json.load(open(os.path.join(same, "world.json")))
+    with pytest.raises(SystemExit, match="--pair-share .* between 0 and 1, got 1.5"):
+        gen.main(["--out", str(tmp_path / "bad"), "--pair-share", "1.5"])
+
+
 def test_regimes_follow_their_definitions():
     rng = random.Random(0)
     for _ in range(60):

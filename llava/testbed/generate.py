@@ -10,6 +10,8 @@ Writes
     picture an object is in (see where_turn),
     with --sentence-share S, that share of the stage-2 colour turns is answered with a sentence, "The star
     is red." (see add_sentence_answers),
+    with --pair-share S, that share of the stage-3 conversations about a picture with two objects of different
+    shapes and colours asks the colour of both (see add_colour_pairs),
   DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
   DIR/eval/<simple|complex>/ for each regime:
     images/*.png, scenes.jsonl (the truth about each picture),
@@ -203,6 +205,39 @@ def add_sentence_answers(records, rng, share):
     return records
 
 
+def colour_pair(scene, rng):
+    """Two objects of the picture that a colour question can name (the only one of their shape) and whose
+    colours differ, or None when it has no such pair: the answer then depends on which shape was asked."""
+    by_shape = Counter(o.shape for o in scene.objects)
+    unique = [o for o in scene.objects if by_shape[o.shape] == 1]
+    pairs = [(a, b) for i, a in enumerate(unique) for b in unique[i + 1:] if a.colour != b.colour]
+    return rng.choice(pairs) if pairs else None
+
+
+def add_colour_pairs(records, scenes, rng, share):
+    """Give `share` of the conversations whose picture has a colour_pair the colour questions about both of its
+    objects (those the conversation lacks, after its first turn): two questions on one picture that differ
+    only in the shape named, and whose answers differ, are the gradient that teaches the LLM to pick the asked
+    object's patches; stage 3's short answers alone did not form that selection on the 4,000-step tower (see
+    the README, *Why colour fell*). `rng` is the world's own stream for these turns, so share 0 writes the
+    same files as a world without them."""
+    for record, scene in zip(records, scenes):
+        if share <= 0 or rng.random() >= share:
+            continue
+        pair = colour_pair(scene, rng)
+        if pair is None:
+            continue
+        conv = record["conversations"]
+        asked = {colour_question_shape(t["value"].replace("<image>\n", "").replace(SHORT, "")) for t in conv[0::2]}
+        for o in pair:
+            if o.shape in asked:
+                continue
+            at = 2 * rng.randint(1, len(conv) // 2)
+            conv[at:at] = [{"from": "human", "value": colour_question(o.shape) + SHORT},
+                           {"from": "gpt", "value": o.colour.capitalize()}]
+    return records
+
+
 def popular_names(scenes):
     counts = Counter(n for s in scenes for n in s.names())
     return [n for n, _ in counts.most_common()] + [n for n in ALL_NAMES if n not in counts]
@@ -300,7 +335,7 @@ def subset_eval(src, dst, images):
 
 
 def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1, where_share=0.0,
-             sentence_share=0.0):
+             sentence_share=0.0, pair_share=0.0):
     """Write the whole world under `out` (see the module docstring)."""
     if not 0.0 <= caption_share <= 1.0:
         raise ValueError(f"--caption-share is the share of stage-3 conversations with a caption: it must be "
@@ -311,6 +346,9 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
     if not 0.0 <= sentence_share <= 1.0:
         raise ValueError(f"--sentence-share is the share of stage-2 colour turns answered with a sentence: it must "
                          f"be between 0 and 1, got {sentence_share}")
+    if not 0.0 <= pair_share <= 1.0:
+        raise ValueError(f"--pair-share is the share of stage-3 conversations asked the colour of two objects: it "
+                         f"must be between 0 and 1, got {pair_share}")
     rng = random.Random(seed)
     where_rng = random.Random(f"where-{seed}")  # its own stream: --where-share 0 leaves every file unchanged
     sentence_rng = random.Random(f"sentence-{seed}")  # likewise for --sentence-share
@@ -322,6 +360,7 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
     qa = [{"id": f"tb{i:06d}", "image": f"{i:06d}.png",
            "conversations": qa_conversation(s, qa_rng, caption_share=caption_share)} for i, s in enumerate(scenes)]
     add_where_turns(qa, scenes, where_rng, where_share)
+    add_colour_pairs(qa, scenes, random.Random(f"pair-{seed}"), pair_share)  # its own stream, as above
     write_json(os.path.join(out, "train", "qa.json"), qa)
     meta = {"seed": seed, "train_images": train_images, "eval_images": eval_images,
             "caption_share": caption_share, "shapes": SHAPES, "colours": list(COLOURS)}
@@ -329,6 +368,8 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
         meta["where_share"] = where_share
     if sentence_share > 0:
         meta["sentence_share"] = sentence_share
+    if pair_share > 0:
+        meta["pair_share"] = pair_share
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump(meta, f)
     return out
@@ -349,6 +390,9 @@ def build_parser():
                    help="share of the stage-2 colour turns (train/finetune.json) asked without the short-answer "
                         "instruction and answered with a sentence (\"The star is red.\"); 0, the default, writes "
                         "short answers only")
+    p.add_argument("--pair-share", type=float, default=0.0,
+                   help="share of the stage-3 conversations (train/qa.json) whose picture has two objects of "
+                        "different shapes and colours that are asked the colour of both; 0, the default, adds none")
     return p
 
 
@@ -356,7 +400,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         generate(args.out, args.seed, args.train_images, args.eval_images, args.caption_share, args.where_share,
-                 args.sentence_share)
+                 args.sentence_share, args.pair_share)
     except ValueError as e:
         raise SystemExit(f"llava.testbed.generate: {e}") from None
     print(f"testbed world written to {args.out}")

@@ -25,6 +25,7 @@ EVAL_IMAGES=${EVAL_IMAGES:-100}
 CAPTION_SHARE=${CAPTION_SHARE:-0.1}          # stage-3 conversations with a "Describe the image." turn
 WHERE_SHARE=${WHERE_SHARE:-0}                # stage-2/3 conversations with a grounding turn (0: the committed world)
 SENTENCE_SHARE=${SENTENCE_SHARE:-0}          # stage-2 colour turns answered "The star is red." (0: the committed world)
+PAIR_SHARE=${PAIR_SHARE:-0}                  # stage-3 conversations asked the colour of both objects of a pair (0: ditto)
 TOWER_STEPS=${TOWER_STEPS:-2000}
 TOWER_WIDTH=${TOWER_WIDTH:-64}
 TOWER_LAYERS=${TOWER_LAYERS:-4}
@@ -62,7 +63,7 @@ t0=$(now)
 if [ ! -f "$WORK/world/world.json" ]; then
     $PY -m llava.testbed.generate --out "$WORK/world" --seed "$SEED" --train-images "$TRAIN_IMAGES" \
         --eval-images "$EVAL_IMAGES" --caption-share "$CAPTION_SHARE" --where-share "$WHERE_SHARE" \
-        --sentence-share "$SENTENCE_SHARE"
+        --sentence-share "$SENTENCE_SHARE" --pair-share "$PAIR_SHARE"
     WORLD_S=$(($(now) - t0))
 fi
 t1=$(now)
@@ -103,7 +104,7 @@ cat > "$TIMINGS" <<JSON
  "stage1": {"steps": $STAGE1_STEPS, "learning_rate": $STAGE1_LR},
  "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR, "sentence_share": $SENTENCE_SHARE},
  "stage3": {"steps": $STAGE3_STEPS, "learning_rate": $STAGE3_LR, "caption_share": $CAPTION_SHARE,
-            "where_share": $WHERE_SHARE},
+            "where_share": $WHERE_SHARE, "pair_share": $PAIR_SHARE},
  "wall_seconds": {"world": $WORLD_S, "tower": $TOWER_S, "stage1": $STAGE1_S, "stage2": $STAGE2_S,
                   "stage3": $((t5 - t4))}}
 JSON
