@@ -15,7 +15,7 @@
 # Answers: $EVAL_DIR/<bench>/answers/$CKPT/$RUN_NAME/k$K.jsonl (resumed if the run is repeated with the same
 # settings, refused with other ones; <answers>.run.json records them); scores: the same under scores/ (.json,
 # read by python -m llava.eval.summarize). RUN_NAME is METHOD, plus what else distinguishes the run:
-# PRUNING_ARGS (--pruning-stats aside) and a CONV_MODE other than vicuna_v1, e.g. agile+erank-avg=12.46.
+# PRUNING_ARGS (--pruning-stats aside) and a CONV_MODE other than vicuna_v1, e.g. agile+erank-avg=11.11.
 set -euo pipefail
 
 METHOD=${1:-${METHOD:-none}}
