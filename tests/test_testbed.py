@@ -47,15 +47,22 @@ def test_caption_share_changes_only_the_stage3_data(world, tmp_path):
     assert not os.path.exists(tmp_path / "bad")
 
 
+def with_and_without(tmp_path, unchanged, train_images=60, **share):
+    """(a seed-3 world with `share`, the same seed's world without it); the files in `unchanged` are equal."""
+    other = gen.generate(str(tmp_path / "w"), seed=3, train_images=train_images, eval_images=16, **share)
+    same = gen.generate(str(tmp_path / "w0"), seed=3, train_images=train_images, eval_images=16)
+    for rel in unchanged:
+        assert filecmp.cmp(os.path.join(same, rel), os.path.join(other, rel), shallow=False), rel
+    return other, same
+
+
 def test_where_share_adds_grounding_turns_that_match_the_picture(world, tmp_path):
     """--where-share gives that share of the stage-2 and stage-3 conversations one "Which half ... ?" turn
     whose answer is the object's side; the pictures, captions and eval sets stay those of the same seed, and
-    share 0 (the default, the committed world) writes no such turn."""
-    other = gen.generate(str(tmp_path / "w"), seed=3, train_images=40, eval_images=16, where_share=1.0)
-    same = gen.generate(str(tmp_path / "w0"), seed=3, train_images=40, eval_images=16)
-    for rel in ("train/pretrain.json", "train/tower.jsonl", "train/images/000011.png",
-                "eval/simple/vqa/truth.jsonl", "eval/complex/pope/llava_pope_test.jsonl"):
-        assert filecmp.cmp(os.path.join(same, rel), os.path.join(other, rel), shallow=False), rel
+    share 0 (the default) writes no such turn."""
+    other, same = with_and_without(tmp_path, ("train/pretrain.json", "train/tower.jsonl", "train/images/000011.png",
+                                              "eval/simple/vqa/truth.jsonl", "eval/complex/pope/llava_pope_test.jsonl"),
+                                   train_images=40, where_share=1.0)
     scenes = rows(os.path.join(other, "train", "tower.jsonl"))
     asked = 0
     for rel in ("finetune.json", "qa.json"):
@@ -83,11 +90,9 @@ def test_where_share_adds_grounding_turns_that_match_the_picture(world, tmp_path
 def test_sentence_share_answers_colour_turns_with_a_sentence_naming_the_asked_shape(tmp_path):
     """--sentence-share turns that share of the stage-2 colour turns into "What colour is the X?" (no
     short-answer instruction) -> "The X is <its colour>."; every other turn, stage 3, the pictures and the eval
-    sets stay those of the same seed, and share 0 (the committed world) writes none."""
-    other = gen.generate(str(tmp_path / "w"), seed=3, train_images=60, eval_images=16, sentence_share=1.0)
-    same = gen.generate(str(tmp_path / "w0"), seed=3, train_images=60, eval_images=16)
-    for rel in ("train/qa.json", "train/pretrain.json", "train/tower.jsonl", "eval/simple/vqa/questions.jsonl"):
-        assert filecmp.cmp(os.path.join(same, rel), os.path.join(other, rel), shallow=False), rel
+    sets stay those of the same seed, and share 0 writes none."""
+    other, same = with_and_without(tmp_path, ("train/qa.json", "train/pretrain.json", "train/tower.jsonl",
+                                              "eval/simple/vqa/questions.jsonl"), sentence_share=1.0)
     scenes = rows(os.path.join(other, "train", "tower.jsonl"))
     new = json.load(open(os.path.join(other, "train", "finetune.json")))
     old = json.load(open(os.path.join(same, "train", "finetune.json")))
@@ -113,11 +118,9 @@ def test_sentence_share_answers_colour_turns_with_a_sentence_naming_the_asked_sh
 def test_pair_share_asks_the_colour_of_both_objects_of_a_pair(tmp_path):
     """--pair-share gives stage-3 conversations about a picture with two objects of different shapes and colours
     the colour questions about both, with their true colours; stage 2, the pictures and the eval sets stay
-    those of the same seed, every earlier turn is kept in order, and share 0 (the committed world) adds none."""
-    other = gen.generate(str(tmp_path / "w"), seed=3, train_images=60, eval_images=16, pair_share=1.0)
-    same = gen.generate(str(tmp_path / "w0"), seed=3, train_images=60, eval_images=16)
-    for rel in ("train/finetune.json", "train/pretrain.json", "train/tower.jsonl", "eval/simple/vqa/questions.jsonl"):
-        assert filecmp.cmp(os.path.join(same, rel), os.path.join(other, rel), shallow=False), rel
+    those of the same seed, every earlier turn is kept in order, and share 0 adds none."""
+    other, same = with_and_without(tmp_path, ("train/finetune.json", "train/pretrain.json", "train/tower.jsonl",
+                                              "eval/simple/vqa/questions.jsonl"), pair_share=1.0)
     scenes = rows(os.path.join(other, "train", "tower.jsonl"))
     new = json.load(open(os.path.join(other, "train", "qa.json")))
     old = json.load(open(os.path.join(same, "train", "qa.json")))

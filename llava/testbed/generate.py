@@ -169,19 +169,28 @@ def where_question(o):
     return f"Which half of the image is the {o.name} in?" + SHORT, "Left" if o.centre[0] < SIZE / 2 else "Right"
 
 
+def chosen(records, scenes, rng, share):
+    """The (record, scene) pairs of `share` of the conversations, one draw from `rng` per conversation in order
+    (none at share 0, so a world without the turns draws nothing)."""
+    for record, scene in zip(records, scenes):
+        if share > 0 and rng.random() < share:
+            yield record, scene
+
+
+def insert_turn(conv, rng, question, answer):
+    """Put one turn into the conversation at a random place after its first turn (which holds the image)."""
+    at = 2 * rng.randint(1, len(conv) // 2)
+    conv[at:at] = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
 def add_where_turns(records, scenes, rng, share):
     """Give `share` of the conversations one grounding turn (see where_turn), after their first turn (which
     holds the image). `rng` is the world's own stream for these turns, so share 0 writes the same files as a
     world without them."""
-    for record, scene in zip(records, scenes):
-        if share <= 0 or rng.random() >= share:
-            continue
+    for record, scene in chosen(records, scenes, rng, share):
         turn = where_turn(scene, rng)
-        if turn is None:
-            continue
-        conv = record["conversations"]
-        at = 2 * rng.randint(1, len(conv) // 2)
-        conv[at:at] = [{"from": "human", "value": turn[0]}, {"from": "gpt", "value": turn[1]}]
+        if turn is not None:
+            insert_turn(record["conversations"], rng, *turn)
     return records
 
 
@@ -221,20 +230,15 @@ def add_colour_pairs(records, scenes, rng, share):
     object's patches; stage 3's short answers alone did not form that selection on the 4,000-step tower (see
     the README, *Why colour fell*). `rng` is the world's own stream for these turns, so share 0 writes the
     same files as a world without them."""
-    for record, scene in zip(records, scenes):
-        if share <= 0 or rng.random() >= share:
-            continue
+    for record, scene in chosen(records, scenes, rng, share):
         pair = colour_pair(scene, rng)
         if pair is None:
             continue
         conv = record["conversations"]
         asked = {colour_question_shape(t["value"].replace("<image>\n", "").replace(SHORT, "")) for t in conv[0::2]}
         for o in pair:
-            if o.shape in asked:
-                continue
-            at = 2 * rng.randint(1, len(conv) // 2)
-            conv[at:at] = [{"from": "human", "value": colour_question(o.shape) + SHORT},
-                           {"from": "gpt", "value": o.colour.capitalize()}]
+            if o.shape not in asked:
+                insert_turn(conv, rng, colour_question(o.shape) + SHORT, o.colour.capitalize())
     return records
 
 
