@@ -227,9 +227,9 @@ def add_colour_pairs(records, scenes, rng, share):
     """Give `share` of the conversations whose picture has a colour_pair the colour questions about both of its
     objects (those the conversation lacks, after its first turn): two questions on one picture that differ
     only in the shape named, and whose answers differ, are the gradient that teaches the LLM to pick the asked
-    object's patches; stage 3's short answers alone did not form that selection on the 4,000-step tower (see
-    the README, *Why colour fell*). `rng` is the world's own stream for these turns, so share 0 writes the
-    same files as a world without them."""
+    object's patches; stage 3's short answers alone did not form that selection on the 4,000-step tower, with
+    these (and sentence answers in stage 2) it forms (see the README, *Why colour fell* and *Colour pairs*).
+    `rng` is the world's own stream for these turns, so share 0 writes the same files as a world without them."""
     for record, scene in chosen(records, scenes, rng, share):
         pair = colour_pair(scene, rng)
         if pair is None:
