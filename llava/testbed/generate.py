@@ -82,6 +82,13 @@ def colour_question_shape(question):
     return None
 
 
+def colour_turn_shape(value):
+    """The shape a training turn's colour question asks about (the image tag aside, the short-answer instruction
+    required), or None when the turn is not one."""
+    text = value.replace("<image>\n", "").replace("\n<image>", "")
+    return colour_question_shape(text[:-len(SHORT)]) if text.endswith(SHORT) else None
+
+
 def vqa_questions(scene, rng):
     """[(type, question, answer)] about colour, counting, relative position and reading."""
     out = []
@@ -205,8 +212,7 @@ def add_sentence_answers(records, rng, share):
     for record in records:
         conv = record["conversations"]
         for q, a in zip(conv[0::2], conv[1::2]):
-            text = q["value"].replace("<image>\n", "").replace("\n<image>", "")
-            shape = colour_question_shape(text[:-len(SHORT)]) if text.endswith(SHORT) else None
+            shape = colour_turn_shape(q["value"])
             if share <= 0 or shape is None or rng.random() >= share:
                 continue
             q["value"] = q["value"].replace(SHORT, "")
@@ -235,7 +241,7 @@ def add_colour_pairs(records, scenes, rng, share):
         if pair is None:
             continue
         conv = record["conversations"]
-        asked = {colour_question_shape(t["value"].replace("<image>\n", "").replace(SHORT, "")) for t in conv[0::2]}
+        asked = {colour_turn_shape(t["value"]) for t in conv[0::2]}
         for o in pair:
             if o.shape not in asked:
                 insert_turn(conv, rng, colour_question(o.shape) + SHORT, o.colour.capitalize())
