@@ -153,6 +153,45 @@ def test_pair_share_asks_the_colour_of_both_objects_of_a_pair(tmp_path):
         gen.main(["--out", str(tmp_path / "bad"), "--pair-share", "1.5"])
 
 
+def test_stage2_pair_share_asks_both_colours_of_a_pair_with_sentence_answers(tmp_path):
+    """--stage2-pair-share gives stage-2 conversations about a picture with two objects of different shapes and
+    colours the colour questions about both, without the short-answer instruction and answered "The X is
+    <its colour>." (so two answers on one picture name different shapes); stage 3, the pictures and the eval
+    sets stay those of the same seed, every earlier turn is kept in order, and share 0 adds none."""
+    other, same = with_and_without(tmp_path, ("train/qa.json", "train/pretrain.json", "train/tower.jsonl",
+                                              "eval/simple/vqa/questions.jsonl"), stage2_pair_share=1.0)
+    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
+    new = json.load(open(os.path.join(other, "train", "finetune.json")))
+    old = json.load(open(os.path.join(same, "train", "finetune.json")))
+    paired = 0
+    for a, b in zip(new, old):
+        objects = scenes[int(a["image"][:6])]["objects"]
+        turns = list(zip(a["conversations"][::2], a["conversations"][1::2]))
+        before = list(zip(b["conversations"][::2], b["conversations"][1::2]))
+        assert turns[0] == before[0] and [t for t in turns if t in before] == before
+        for q, ans in (t for t in turns if t not in before):
+            m = re.fullmatch(r"What colour is the (\w+)\?", q["value"])
+            assert m, q["value"]
+            (colour,) = [o["colour"] for o in objects if o["shape"] == m.group(1)]
+            assert ans["value"] == f"The {m.group(1)} is {colour}."
+        shapes = [o["shape"] for o in objects]
+        unique = [o for o in objects if shapes.count(o["shape"]) == 1]
+        if any(x["colour"] != y["colour"] for x in unique for y in unique):
+            asked = [gen.asked_colour_shape(q["value"]) for q, _ in turns]
+            asked = [shape for shape in asked if shape]
+            assert len(asked) == len(set(asked)), a["id"]  # no shape asked twice
+            colours = {o["colour"] for o in objects if o["shape"] in asked}
+            assert len(colours) >= 2, a["id"]  # two asked shapes whose answers differ
+            paired += 1
+        else:
+            assert turns == before
+    assert paired > 20 and len(new) == len(old)
+    assert json.load(open(os.path.join(other, "world.json")))["stage2_pair_share"] == 1.0
+    assert "stage2_pair_share" not in json.load(open(os.path.join(same, "world.json")))
+    with pytest.raises(SystemExit, match="--stage2-pair-share .* between 0 and 1, got -1.0"):
+        gen.main(["--out", str(tmp_path / "bad"), "--stage2-pair-share", "-1"])
+
+
 def test_regimes_follow_their_definitions():
     rng = random.Random(0)
     for _ in range(60):

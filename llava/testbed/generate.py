@@ -12,6 +12,8 @@ Writes
     is red." (see add_sentence_answers),
     with --pair-share S, that share of the stage-3 conversations about a picture with two objects of different
     shapes and colours asks the colour of both (see add_colour_pairs),
+    with --stage2-pair-share S, that share of the stage-2 conversations likewise, answered with sentences ("The
+    star is red.", "The circle is blue."),
   DIR/train/tower.jsonl (per image: the objects present, for training the vision tower),
   DIR/eval/<simple|complex>/ for each regime:
     images/*.png, scenes.jsonl (the truth about each picture),
@@ -87,6 +89,13 @@ def colour_turn_shape(value):
     required), or None when the turn is not one."""
     text = value.replace("<image>\n", "").replace("\n<image>", "")
     return colour_question_shape(text[:-len(SHORT)]) if text.endswith(SHORT) else None
+
+
+def asked_colour_shape(value):
+    """The shape a training turn's colour question asks about, with the short-answer instruction or without it
+    (a sentence-answer turn), or None when the turn is not one."""
+    text = value.replace("<image>\n", "").replace("\n<image>", "")
+    return colour_question_shape(text[:-len(SHORT)] if text.endswith(SHORT) else text)
 
 
 def vqa_questions(scene, rng):
@@ -229,21 +238,28 @@ def colour_pair(scene, rng):
     return rng.choice(pairs) if pairs else None
 
 
-def add_colour_pairs(records, scenes, rng, share):
+def add_colour_pairs(records, scenes, rng, share, sentences=False):
     """Give `share` of the conversations whose picture has a colour_pair the colour questions about both of its
     objects (those the conversation lacks, after its first turn): two questions on one picture that differ
     only in the shape named, and whose answers differ, are the gradient that teaches the LLM to pick the asked
     object's patches; stage 3's short answers alone did not form that selection on the 4,000-step tower, with
     these (and sentence answers in stage 2) it forms (see the README, *Why colour fell* and *Colour pairs*).
+    With `sentences` (stage 2) they are asked without the short-answer instruction and answered "The star is
+    red.": the shape to copy then differs between two turns on one picture, so the picture cannot supply it and
+    only the question can (see add_sentence_answers).
     `rng` is the world's own stream for these turns, so share 0 writes the same files as a world without them."""
     for record, scene in chosen(records, scenes, rng, share):
         pair = colour_pair(scene, rng)
         if pair is None:
             continue
         conv = record["conversations"]
-        asked = {colour_turn_shape(t["value"]) for t in conv[0::2]}
+        asked = {asked_colour_shape(t["value"]) for t in conv[0::2]}
         for o in pair:
-            if o.shape not in asked:
+            if o.shape in asked:
+                continue
+            if sentences:
+                insert_turn(conv, rng, colour_question(o.shape), f"The {o.shape} is {o.colour}.")
+            else:
                 insert_turn(conv, rng, colour_question(o.shape) + SHORT, o.colour.capitalize())
     return records
 
@@ -266,7 +282,8 @@ def write_json(path, obj):
         json.dump(obj, f)
 
 
-def generate_train(out, n, rng, where_rng=None, where_share=0.0, sentence_rng=None, sentence_share=0.0):
+def generate_train(out, n, rng, where_rng=None, where_share=0.0, sentence_rng=None, sentence_share=0.0,
+                   pair_rng=None, pair_share=0.0):
     images = os.path.join(out, "train", "images")
     os.makedirs(images, exist_ok=True)
     pretrain, finetune, tower, scenes = [], [], [], []
@@ -283,6 +300,7 @@ def generate_train(out, n, rng, where_rng=None, where_share=0.0, sentence_rng=No
     write_json(os.path.join(out, "train", "pretrain.json"), pretrain)
     add_where_turns(finetune, scenes, where_rng, where_share)
     add_sentence_answers(finetune, sentence_rng, sentence_share)
+    add_colour_pairs(finetune, scenes, pair_rng, pair_share, sentences=True)
     write_json(os.path.join(out, "train", "finetune.json"), finetune)
     write_jsonl(os.path.join(out, "train", "tower.jsonl"), tower)
     return scenes
@@ -345,7 +363,7 @@ def subset_eval(src, dst, images):
 
 
 def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1, where_share=0.0,
-             sentence_share=0.0, pair_share=0.0):
+             sentence_share=0.0, pair_share=0.0, stage2_pair_share=0.0):
     """Write the whole world under `out` (see the module docstring)."""
     if not 0.0 <= caption_share <= 1.0:
         raise ValueError(f"--caption-share is the share of stage-3 conversations with a caption: it must be "
@@ -359,11 +377,14 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
     if not 0.0 <= pair_share <= 1.0:
         raise ValueError(f"--pair-share is the share of stage-3 conversations asked the colour of two objects: it "
                          f"must be between 0 and 1, got {pair_share}")
+    if not 0.0 <= stage2_pair_share <= 1.0:
+        raise ValueError(f"--stage2-pair-share is the share of stage-2 conversations asked the colour of two "
+                         f"objects: it must be between 0 and 1, got {stage2_pair_share}")
     rng = random.Random(seed)
     where_rng = random.Random(f"where-{seed}")  # its own stream: --where-share 0 leaves every file unchanged
     sentence_rng = random.Random(f"sentence-{seed}")  # likewise for --sentence-share
     scenes = generate_train(out, train_images, random.Random(rng.randint(0, 2**31)), where_rng, where_share,
-                            sentence_rng, sentence_share)
+                            sentence_rng, sentence_share, random.Random(f"pair2-{seed}"), stage2_pair_share)
     for regime in ("simple", "complex"):
         generate_eval(out, regime, eval_images, random.Random(rng.randint(0, 2**31)))
     qa_rng = random.Random(rng.randint(0, 2**31))  # drawn last: the files above do not depend on it
@@ -380,6 +401,8 @@ def generate(out, seed=0, train_images=6000, eval_images=100, caption_share=0.1,
         meta["sentence_share"] = sentence_share
     if pair_share > 0:
         meta["pair_share"] = pair_share
+    if stage2_pair_share > 0:
+        meta["stage2_pair_share"] = stage2_pair_share
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump(meta, f)
     return out
@@ -403,6 +426,10 @@ def build_parser():
     p.add_argument("--pair-share", type=float, default=0.0,
                    help="share of the stage-3 conversations (train/qa.json) whose picture has two objects of "
                         "different shapes and colours that are asked the colour of both; 0, the default, adds none")
+    p.add_argument("--stage2-pair-share", type=float, default=0.0,
+                   help="likewise for the stage-2 conversations (train/finetune.json), asked without the "
+                        "short-answer instruction and answered with sentences (\"The star is red.\"); 0, the "
+                        "default, adds none")
     return p
 
 
@@ -410,7 +437,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         generate(args.out, args.seed, args.train_images, args.eval_images, args.caption_share, args.where_share,
-                 args.sentence_share, args.pair_share)
+                 args.sentence_share, args.pair_share, args.stage2_pair_share)
     except ValueError as e:
         raise SystemExit(f"llava.testbed.generate: {e}") from None
     print(f"testbed world written to {args.out}")

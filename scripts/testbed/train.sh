@@ -26,6 +26,7 @@ CAPTION_SHARE=${CAPTION_SHARE:-0.1}          # stage-3 conversations with a "Des
 WHERE_SHARE=${WHERE_SHARE:-0}                # stage-2/3 conversations with a grounding turn (0: none, as committed)
 SENTENCE_SHARE=${SENTENCE_SHARE:-0.5}        # stage-2 colour turns answered "The star is red." (0: short answers only)
 PAIR_SHARE=${PAIR_SHARE:-1}                  # stage-3 conversations asked the colour of both objects of a pair (0: none)
+STAGE2_PAIR_SHARE=${STAGE2_PAIR_SHARE:-0}    # the same in stage 2, answered with sentences (0: none, as committed)
 TOWER_STEPS=${TOWER_STEPS:-4000}
 TOWER_WIDTH=${TOWER_WIDTH:-64}
 TOWER_LAYERS=${TOWER_LAYERS:-4}
@@ -63,7 +64,8 @@ t0=$(now)
 if [ ! -f "$WORK/world/world.json" ]; then
     $PY -m llava.testbed.generate --out "$WORK/world" --seed "$SEED" --train-images "$TRAIN_IMAGES" \
         --eval-images "$EVAL_IMAGES" --caption-share "$CAPTION_SHARE" --where-share "$WHERE_SHARE" \
-        --sentence-share "$SENTENCE_SHARE" --pair-share "$PAIR_SHARE"
+        --sentence-share "$SENTENCE_SHARE" --pair-share "$PAIR_SHARE" \
+        --stage2-pair-share "$STAGE2_PAIR_SHARE"
     WORLD_S=$(($(now) - t0))
 fi
 t1=$(now)
@@ -102,7 +104,8 @@ cat > "$TIMINGS" <<JSON
            "where_weight": $TOWER_WHERE_WEIGHT, "where_code": "$TOWER_WHERE_CODE"},
  "llm": {"hidden": $LLM_HIDDEN, "layers": $LLM_LAYERS},
  "stage1": {"steps": $STAGE1_STEPS, "learning_rate": $STAGE1_LR},
- "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR, "sentence_share": $SENTENCE_SHARE},
+ "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR, "sentence_share": $SENTENCE_SHARE,
+            "pair_share": $STAGE2_PAIR_SHARE},
  "stage3": {"steps": $STAGE3_STEPS, "learning_rate": $STAGE3_LR, "caption_share": $CAPTION_SHARE,
             "where_share": $WHERE_SHARE, "pair_share": $PAIR_SHARE},
  "wall_seconds": {"world": $WORLD_S, "tower": $TOWER_S, "stage1": $STAGE1_S, "stage2": $STAGE2_S,
