@@ -149,9 +149,9 @@ def binding(model, tokenizer, processor, conv_mode, items):
 
 def asked_shape(text):
     """The X of a binding item's "What colour is the X?"."""
-    from llava.testbed.generate import colour_question_shape
+    from llava.testbed.generate import asked_colour_shape
 
-    shape = colour_question_shape(text.replace("<image>", "").strip().split("\n")[0])
+    shape = asked_colour_shape(text)
     if shape is None:
         raise ValueError(f"not a colour question: {text!r}")
     return shape
