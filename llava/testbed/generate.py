@@ -246,7 +246,8 @@ def add_colour_pairs(records, scenes, rng, share, sentences=False):
     these (and sentence answers in stage 2) it forms (see the README, *Why colour fell* and *Colour pairs*).
     With `sentences` (stage 2) they are asked without the short-answer instruction and answered "The star is
     red.": the shape to copy then differs between two turns on one picture, so the picture cannot supply it and
-    only the question can (see add_sentence_answers).
+    only the question can (see add_sentence_answers). Tried at share 1 with seeds 0 and 1: the copying head
+    did not form (README, *Stage-2 colour pairs*), so train.sh leaves it at 0.
     `rng` is the world's own stream for these turns, so share 0 writes the same files as a world without them."""
     for record, scene in chosen(records, scenes, rng, share):
         pair = colour_pair(scene, rng)
