@@ -284,7 +284,7 @@ def write_json(path, obj):
 
 
 def generate_train(out, n, rng, where_rng=None, where_share=0.0, sentence_rng=None, sentence_share=0.0,
-                   pair_rng=None, pair_share=0.0):
+                   stage2_pair_rng=None, stage2_pair_share=0.0):
     images = os.path.join(out, "train", "images")
     os.makedirs(images, exist_ok=True)
     pretrain, finetune, tower, scenes = [], [], [], []
@@ -301,7 +301,7 @@ def generate_train(out, n, rng, where_rng=None, where_share=0.0, sentence_rng=No
     write_json(os.path.join(out, "train", "pretrain.json"), pretrain)
     add_where_turns(finetune, scenes, where_rng, where_share)
     add_sentence_answers(finetune, sentence_rng, sentence_share)
-    add_colour_pairs(finetune, scenes, pair_rng, pair_share, sentences=True)
+    add_colour_pairs(finetune, scenes, stage2_pair_rng, stage2_pair_share, sentences=True)
     write_json(os.path.join(out, "train", "finetune.json"), finetune)
     write_jsonl(os.path.join(out, "train", "tower.jsonl"), tower)
     return scenes
