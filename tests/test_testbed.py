@@ -87,25 +87,40 @@ def test_where_share_adds_grounding_turns_that_match_the_picture(world, tmp_path
         gen.main(["--out", str(tmp_path / "bad"), "--where-share", "-0.5"])
 
 
+def paired_conversations(other, same, rel):
+    """Per conversation of train/<rel> in the world `other` and, in order, the same seed's world `same`: (its id,
+    the picture's objects, its (question, answer) turns in `other`, those in `same`)."""
+    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
+    new = json.load(open(os.path.join(other, "train", rel)))
+    old = json.load(open(os.path.join(same, "train", rel)))
+    assert len(new) == len(old)
+    for a, b in zip(new, old):
+        turns = [list(zip(c["conversations"][::2], c["conversations"][1::2])) for c in (a, b)]
+        yield a["id"], scenes[int(a["image"][:6])]["objects"], *turns
+
+
+def has_colour_pair(objects):
+    """Whether two objects of the picture, each the only one of its shape, differ in colour (gen.colour_pair)."""
+    shapes = [o["shape"] for o in objects]
+    unique = [o for o in objects if shapes.count(o["shape"]) == 1]
+    return any(x["colour"] != y["colour"] for x in unique for y in unique)
+
+
 def test_sentence_share_answers_colour_turns_with_a_sentence_naming_the_asked_shape(tmp_path):
     """--sentence-share turns that share of the stage-2 colour turns into "What colour is the X?" (no
     short-answer instruction) -> "The X is <its colour>."; every other turn, stage 3, the pictures and the eval
     sets stay those of the same seed, and share 0 writes none."""
     other, same = with_and_without(tmp_path, ("train/qa.json", "train/pretrain.json", "train/tower.jsonl",
                                               "eval/simple/vqa/questions.jsonl"), sentence_share=1.0)
-    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
-    new = json.load(open(os.path.join(other, "train", "finetune.json")))
-    old = json.load(open(os.path.join(same, "train", "finetune.json")))
     sentences = 0
-    for a, b in zip(new, old):
-        for (q, ans), (q0, ans0) in zip(zip(a["conversations"][::2], a["conversations"][1::2]),
-                                       zip(b["conversations"][::2], b["conversations"][1::2])):
+    for _, objects, turns, before in paired_conversations(other, same, "finetune.json"):
+        for (q, ans), (q0, ans0) in zip(turns, before):
             m = re.search(r"What colour is the (\w+)\?", q0["value"])
             if not m:
                 assert (q, ans) == (q0, ans0)
                 continue
             sentences += 1
-            colour = next(o["colour"] for o in scenes[int(a["image"][:6])]["objects"] if o["shape"] == m.group(1))
+            colour = next(o["colour"] for o in objects if o["shape"] == m.group(1))
             assert ans0["value"] == colour.capitalize() and gen.SHORT in q0["value"]
             assert ans["value"] == f"The {m.group(1)} is {colour}." and q["value"] == q0["value"].replace(gen.SHORT, "")
     assert sentences > 10
@@ -121,14 +136,8 @@ def test_pair_share_asks_the_colour_of_both_objects_of_a_pair(tmp_path):
     those of the same seed, every earlier turn is kept in order, and share 0 adds none."""
     other, same = with_and_without(tmp_path, ("train/finetune.json", "train/pretrain.json", "train/tower.jsonl",
                                               "eval/simple/vqa/questions.jsonl"), pair_share=1.0)
-    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
-    new = json.load(open(os.path.join(other, "train", "qa.json")))
-    old = json.load(open(os.path.join(same, "train", "qa.json")))
     paired = added = 0
-    for a, b in zip(new, old):
-        objects = scenes[int(a["image"][:6])]["objects"]
-        turns = list(zip(a["conversations"][::2], a["conversations"][1::2]))
-        before = list(zip(b["conversations"][::2], b["conversations"][1::2]))
+    for id_, objects, turns, before in paired_conversations(other, same, "qa.json"):
         assert turns[0] == before[0] and all(t in turns for t in before)
         assert [t for t in turns if t in before] == before  # the old turns, in their order
         asked = {}
@@ -139,10 +148,8 @@ def test_pair_share_asks_the_colour_of_both_objects_of_a_pair(tmp_path):
                 assert ans["value"] == colour.capitalize()
                 asked[m.group(1)] = colour
         added += len(turns) - len(before)
-        shapes = [o["shape"] for o in objects]
-        unique = [o for o in objects if shapes.count(o["shape"]) == 1]
-        if any(x["colour"] != y["colour"] for x in unique for y in unique):
-            assert len(set(asked.values())) >= 2, a["id"]  # two asked shapes whose answers differ
+        if has_colour_pair(objects):
+            assert len(set(asked.values())) >= 2, id_  # two asked shapes whose answers differ
             paired += 1
         else:
             assert len(turns) == len(before)
@@ -160,32 +167,24 @@ def test_stage2_pair_share_asks_both_colours_of_a_pair_with_sentence_answers(tmp
     sets stay those of the same seed, every earlier turn is kept in order, and share 0 adds none."""
     other, same = with_and_without(tmp_path, ("train/qa.json", "train/pretrain.json", "train/tower.jsonl",
                                               "eval/simple/vqa/questions.jsonl"), stage2_pair_share=1.0)
-    scenes = rows(os.path.join(other, "train", "tower.jsonl"))
-    new = json.load(open(os.path.join(other, "train", "finetune.json")))
-    old = json.load(open(os.path.join(same, "train", "finetune.json")))
     paired = 0
-    for a, b in zip(new, old):
-        objects = scenes[int(a["image"][:6])]["objects"]
-        turns = list(zip(a["conversations"][::2], a["conversations"][1::2]))
-        before = list(zip(b["conversations"][::2], b["conversations"][1::2]))
+    for id_, objects, turns, before in paired_conversations(other, same, "finetune.json"):
         assert turns[0] == before[0] and [t for t in turns if t in before] == before
         for q, ans in (t for t in turns if t not in before):
             m = re.fullmatch(r"What colour is the (\w+)\?", q["value"])
             assert m, q["value"]
             (colour,) = [o["colour"] for o in objects if o["shape"] == m.group(1)]
             assert ans["value"] == f"The {m.group(1)} is {colour}."
-        shapes = [o["shape"] for o in objects]
-        unique = [o for o in objects if shapes.count(o["shape"]) == 1]
-        if any(x["colour"] != y["colour"] for x in unique for y in unique):
+        if has_colour_pair(objects):
             asked = [gen.asked_colour_shape(q["value"]) for q, _ in turns]
             asked = [shape for shape in asked if shape]
-            assert len(asked) == len(set(asked)), a["id"]  # no shape asked twice
+            assert len(asked) == len(set(asked)), id_  # no shape asked twice
             colours = {o["colour"] for o in objects if o["shape"] in asked}
-            assert len(colours) >= 2, a["id"]  # two asked shapes whose answers differ
+            assert len(colours) >= 2, id_  # two asked shapes whose answers differ
             paired += 1
         else:
             assert turns == before
-    assert paired > 20 and len(new) == len(old)
+    assert paired > 20
     assert json.load(open(os.path.join(other, "world.json")))["stage2_pair_share"] == 1.0
     assert "stage2_pair_share" not in json.load(open(os.path.join(same, "world.json")))
     with pytest.raises(SystemExit, match="--stage2-pair-share .* between 0 and 1, got -1.0"):

@@ -84,18 +84,22 @@ def colour_question_shape(question):
     return None
 
 
+def untagged(value):
+    """A training turn's text without the image tag (before or after the question)."""
+    return value.replace("<image>\n", "").replace("\n<image>", "")
+
+
 def colour_turn_shape(value):
     """The shape a training turn's colour question asks about (the image tag aside, the short-answer instruction
     required), or None when the turn is not one."""
-    text = value.replace("<image>\n", "").replace("\n<image>", "")
+    text = untagged(value)
     return colour_question_shape(text[:-len(SHORT)]) if text.endswith(SHORT) else None
 
 
 def asked_colour_shape(value):
     """The shape a training turn's colour question asks about, with the short-answer instruction or without it
     (a sentence-answer turn), or None when the turn is not one."""
-    text = value.replace("<image>\n", "").replace("\n<image>", "")
-    return colour_question_shape(text[:-len(SHORT)] if text.endswith(SHORT) else text)
+    return colour_turn_shape(value) or colour_question_shape(untagged(value))
 
 
 def vqa_questions(scene, rng):
