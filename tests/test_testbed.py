@@ -489,6 +489,53 @@ def test_base_llm_has_the_worlds_words_as_whole_pieces(tmp_path):
     assert config["hidden_size"] == 32 and config["num_hidden_layers"] == 1 and config["model_type"] == "llama"
 
 
+def test_text_conversations_answer_with_the_shape_the_question_asks():
+    from llava.testbed.base import text_conversations
+
+    convs = text_conversations(50, random.Random(3))
+    assert len(convs) == 50 and {len(c) // 2 for c in convs} == {2, 3, 4}
+    asked = []
+    for conv in convs:
+        for q, a in zip(conv[0::2], conv[1::2]):
+            shape = gen.colour_question_shape(q["value"])
+            assert q["from"] == "human" and a["from"] == "gpt" and shape is not None
+            colour = re.fullmatch(f"The {shape} is (\\w+)\\.", a["value"]).group(1)
+            assert colour in COLOURS
+            asked.append(shape)
+    assert len(set(asked)) == 6  # every shape is asked, so naming one from the prior cannot fit the answers
+
+
+@pytest.mark.slow
+def test_base_text_steps_teach_the_llm_to_copy_the_asked_shape(tmp_path):
+    """--text-steps trains the random LLM on text until it names the shape a question asked (a random LLM
+    names it 1 time in 6 at best), records what it did, and ships the trained weights."""
+    from transformers import LlamaForCausalLM
+
+    from llava.model.builder import load_tokenizer
+    from llava.testbed.base import _encode, copy_rate, text_conversations, write_base
+
+    random_base = write_base(str(tmp_path / "random"), hidden=64, layers=2, heads=2)
+    trained = write_base(str(tmp_path / "trained"), hidden=64, layers=2, heads=2, text_steps=200, text_batch=16)
+    assert not os.path.exists(os.path.join(random_base, "base_training.json"))
+    record = json.load(open(os.path.join(trained, "base_training.json")))
+    assert record["steps"] == 200 and record["batch_size"] == 16 and record["held_out_copy_rate"] >= 0.9
+    tok = load_tokenizer(trained)
+    tok.pad_token = tok.unk_token
+    held_out = _encode(text_conversations(40, random.Random(11)), tok)
+    rates = {}
+    for name, path in (("random", random_base), ("trained", trained)):
+        llm = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+        rates[name] = copy_rate(llm, tok, held_out)
+    assert rates["trained"] >= 0.9 and rates["random"] < 0.5  # the weights on disk are the trained ones
+
+
+def test_base_rejects_bad_text_training_arguments(tmp_path):
+    from llava.testbed.base import write_base
+
+    with pytest.raises(ValueError, match="--text-steps -1"):
+        write_base(str(tmp_path / "base"), hidden=32, layers=1, heads=2, text_steps=-1)
+
+
 def test_ship_makes_a_self_contained_checkpoint(tmp_path):
     from safetensors import safe_open
 

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Train llava-testbed from nothing, with the project's own code and recipes, reproducibly from SEED:
 #   1. the shapes world (llava.testbed.generate)      2. the tiny CLIP tower (llava.testbed.tower)
-#   3. a random small LLaMA base (llava.testbed.base)  4. stage 1: scripts/v1_5/pretrain.sh (projector only)
+#   3. a small LLaMA base (llava.testbed.base; random, or trained BASE_TEXT_STEPS steps on text)
+#   4. stage 1: scripts/v1_5/pretrain.sh (projector only)
 #   5. stage 2: scripts/v1_5/finetune.sh (LLM + projector, upstream-style instructions with captions)
 #   6. stage 3: scripts/v1_5/finetune_task.sh on short-answer questions only (train/qa.json)
 #   7. llava.testbed.ship -> OUT (tower inside)
@@ -37,6 +38,7 @@ TOWER_WHERE_WEIGHT=${TOWER_WHERE_WEIGHT:-0}   # patch tokens told their row and 
 TOWER_WHERE_CODE=${TOWER_WHERE_CODE:-onehot}  # ... as a 24-way choice (onehot) or 23 boundary bits (ordinal)
 LLM_HIDDEN=${LLM_HIDDEN:-128}
 LLM_LAYERS=${LLM_LAYERS:-3}
+BASE_TEXT_STEPS=${BASE_TEXT_STEPS:-0}        # text-only colour conversations for the base LLM (0: random, as committed)
 STAGE1_STEPS=${STAGE1_STEPS:-200}
 STAGE2_STEPS=${STAGE2_STEPS:-1800}
 BATCH=${BATCH:-16}
@@ -59,7 +61,7 @@ COMMON=(--per_device_train_batch_size "$BATCH" --gradient_accumulation_steps 1 -
 export LAUNCHER=${LAUNCHER:-$PY} DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG-} REPORT_TO=${REPORT_TO:-none}
 
 now() { date +%s; }
-WORLD_S=null TOWER_S=null STAGE1_S=null STAGE2_S=null
+WORLD_S=null TOWER_S=null BASE_S=null STAGE1_S=null STAGE2_S=null
 t0=$(now)
 if [ ! -f "$WORK/world/world.json" ]; then
     $PY -m llava.testbed.generate --out "$WORK/world" --seed "$SEED" --train-images "$TRAIN_IMAGES" \
@@ -78,7 +80,10 @@ if [ ! -f "$TOWER/config.json" ]; then
 fi
 t2=$(now)
 if [ ! -f "$WORK/llava-testbed-pretrain/mm_projector.bin" ]; then
-    $PY -m llava.testbed.base --out "$WORK/base" --hidden "$LLM_HIDDEN" --layers "$LLM_LAYERS" --seed "$SEED"
+    $PY -m llava.testbed.base --out "$WORK/base" --hidden "$LLM_HIDDEN" --layers "$LLM_LAYERS" --seed "$SEED" \
+        --text-steps "$BASE_TEXT_STEPS"
+    BASE_S=$(($(now) - t2))
+    t2=$(now)
     MODEL="$WORK/base" VISION_TOWER="$TOWER" DATA_PATH="$WORK/world/train/pretrain.json" \
     IMAGE_FOLDER="$WORK/world/train/images" OUTPUT_DIR="$WORK/llava-testbed-pretrain" \
         bash scripts/v1_5/pretrain.sh "${COMMON[@]}" --max_steps "$STAGE1_STEPS" --learning_rate "$STAGE1_LR"
@@ -102,13 +107,13 @@ cat > "$TIMINGS" <<JSON
  "tower": {"steps": $TOWER_STEPS, "width": $TOWER_WIDTH, "layers": $TOWER_LAYERS,
            "attn_weight": $TOWER_ATTN_WEIGHT, "attn_sigma": $TOWER_ATTN_SIGMA, "attn_floor": $TOWER_ATTN_FLOOR,
            "where_weight": $TOWER_WHERE_WEIGHT, "where_code": "$TOWER_WHERE_CODE"},
- "llm": {"hidden": $LLM_HIDDEN, "layers": $LLM_LAYERS},
+ "llm": {"hidden": $LLM_HIDDEN, "layers": $LLM_LAYERS, "text_steps": $BASE_TEXT_STEPS},
  "stage1": {"steps": $STAGE1_STEPS, "learning_rate": $STAGE1_LR},
  "stage2": {"steps": $STAGE2_STEPS, "learning_rate": $STAGE2_LR, "sentence_share": $SENTENCE_SHARE,
             "pair_share": $STAGE2_PAIR_SHARE},
  "stage3": {"steps": $STAGE3_STEPS, "learning_rate": $STAGE3_LR, "caption_share": $CAPTION_SHARE,
             "where_share": $WHERE_SHARE, "pair_share": $PAIR_SHARE},
- "wall_seconds": {"world": $WORLD_S, "tower": $TOWER_S, "stage1": $STAGE1_S, "stage2": $STAGE2_S,
+ "wall_seconds": {"world": $WORLD_S, "tower": $TOWER_S, "base": $BASE_S, "stage1": $STAGE1_S, "stage2": $STAGE2_S,
                   "stage3": $((t5 - t4))}}
 JSON
 $PY -m llava.testbed.ship --model "$WORK/llava-testbed-qa" --tower "$TOWER" --out "$OUT" --timings "$TIMINGS"
