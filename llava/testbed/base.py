@@ -45,7 +45,7 @@ def world_corpus(n=400, seed=0):
 def text_conversations(n, rng):
     """`n` text-only conversations of 2 to 4 colour questions, each answered by a sentence naming the shape asked
     (upstream's format, no image): the colour is random, the shape is the question's."""
-    from llava.testbed.generate import colour_question
+    from llava.testbed.generate import colour_question, colour_sentence
     from llava.testbed.world import COLOURS, SHAPES
 
     out = []
@@ -54,7 +54,7 @@ def text_conversations(n, rng):
         for _ in range(rng.randint(2, 4)):
             shape = rng.choice(SHAPES)
             conv += [{"from": "human", "value": colour_question(shape)},
-                     {"from": "gpt", "value": f"The {shape} is {rng.choice(list(COLOURS))}."}]
+                     {"from": "gpt", "value": colour_sentence(shape, rng.choice(list(COLOURS)))}]
         out.append(conv)
     return out
 
@@ -67,16 +67,12 @@ def _encode(conversations, tokenizer):
     return list(zip(data["input_ids"], data["labels"]))
 
 
-def _batch(items, pad_id):
-    from llava.constants import IGNORE_INDEX
+def _batch(items, tokenizer):
+    """Right-padded input_ids, labels and attention mask, by the stages' own collator."""
+    from llava.train.train import DataCollatorForSupervisedDataset
 
-    width = max(len(ids) for ids, _ in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for n, (x, y) in enumerate(items):
-        ids[n, :len(x)], labels[n, :len(y)], mask[n, :len(x)] = x, y, 1
-    return ids, labels, mask
+    batch = DataCollatorForSupervisedDataset(tokenizer)([{"input_ids": x, "labels": y} for x, y in items])
+    return batch["input_ids"], batch["labels"], batch["attention_mask"]
 
 
 @torch.no_grad()
@@ -84,15 +80,15 @@ def copy_rate(model, tokenizer, held_out):
     """Share of the held-out sentence answers whose shape (the token after "The") the model predicts greedily."""
     from llava.testbed.world import SHAPES
 
-    shapes = {tokenizer.convert_tokens_to_ids("\u2581" + s) for s in SHAPES}
+    shapes = torch.tensor([tokenizer.convert_tokens_to_ids("\u2581" + s) for s in SHAPES])
     the = tokenizer.convert_tokens_to_ids("\u2581The")
     was_training = model.training
     model.eval()
     hits = total = 0
     for k in range(0, len(held_out), 50):
-        ids, labels, mask = _batch(held_out[k:k + 50], tokenizer.pad_token_id)
+        ids, labels, mask = _batch(held_out[k:k + 50], tokenizer)
         pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
-        at = torch.isin(labels[:, 1:], torch.tensor(sorted(shapes))) & (ids[:, :-1] == the)
+        at = torch.isin(labels[:, 1:], shapes) & (ids[:, :-1] == the)
         total += int(at.sum())
         hits += int((pred[:, :-1][at] == labels[:, 1:][at]).sum())
     model.train(was_training)
@@ -113,7 +109,7 @@ def train_text(model, tokenizer, steps, batch_size, lr, rng):
         if len(order) < batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[:batch_size], order[batch_size:]
-        ids, labels, mask = _batch([train[i] for i in idx], tokenizer.pad_token_id)
+        ids, labels, mask = _batch([train[i] for i in idx], tokenizer)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

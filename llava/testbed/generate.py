@@ -76,6 +76,11 @@ def colour_question(shape):
     return f"What colour is the {shape}?"
 
 
+def colour_sentence(shape, colour):
+    """The sentence answer to colour_question(shape): "The star is red."."""
+    return f"The {shape} is {colour}."
+
+
 def colour_question_shape(question):
     """The shape a colour_question asks about, or None when `question` is not one."""
     head = colour_question("")[:-1]  # "What colour is the "
@@ -229,7 +234,7 @@ def add_sentence_answers(records, rng, share):
             if share <= 0 or shape is None or rng.random() >= share:
                 continue
             q["value"] = q["value"].replace(SHORT, "")
-            a["value"] = f"The {shape} is {a['value'].lower()}."
+            a["value"] = colour_sentence(shape, a["value"].lower())
     return records
 
 
@@ -263,7 +268,7 @@ def add_colour_pairs(records, scenes, rng, share, sentences=False):
             if o.shape in asked:
                 continue
             if sentences:
-                insert_turn(conv, rng, colour_question(o.shape), f"The {o.shape} is {o.colour}.")
+                insert_turn(conv, rng, colour_question(o.shape), colour_sentence(o.shape, o.colour))
             else:
                 insert_turn(conv, rng, colour_question(o.shape) + SHORT, o.colour.capitalize())
     return records
